@@ -1,0 +1,45 @@
+"""Errors the job reports as one clear line and an exit code per class, never as a traceback."""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """A failure the user can fix: `str(e)` says what is wrong and how to fix it."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class ConfigInputError(JobError):
+    exit_code = 2
+    kind = "config"
+
+
+class DataError(JobError):
+    exit_code = 3
+    kind = "data"
+
+
+class AuthError(JobError):
+    exit_code = 4
+    kind = "auth"
+
+
+class OutputError(JobError):
+    exit_code = 5
+    kind = "output"
+
+
+class ResourceError(JobError):
+    exit_code = 6
+    kind = "resources"
+
+
+class TrainingError(JobError):
+    exit_code = 7
+    kind = "training"
+
+
+class PublishError(JobError):
+    exit_code = 8
+    kind = "publish"

@@ -1,0 +1,78 @@
+"""Logging for the job: one format, `metrics:` lines for consoles to scrape, secrets redacted everywhere."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("job")
+
+_SECRETS: set[str] = set()
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every registered secret in a record's final message (args included) with ***."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRETS:
+            message = record.getMessage()
+            for secret in _SECRETS:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+            if record.exc_text:
+                for secret in _SECRETS:
+                    record.exc_text = record.exc_text.replace(secret, "***")
+        return True
+
+
+def register_secret(value: str | None) -> None:
+    """Never let this value reach a log line (short values are ignored: they would redact ordinary words)."""
+    if value and len(value) >= 8:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return text
+
+
+def setup(level: int = logging.INFO) -> None:
+    """Log to stderr with timestamps; quiet the chattiest libraries. Safe to call twice."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_job_handler", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler._job_handler = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.addFilter(RedactSecrets())
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("urllib3", "botocore", "boto3", "s3transfer", "filelock", "httpx", "fsspec", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def plain(value: Any) -> str:
+    """A number as a plain decimal (never scientific notation), so regexes like [0-9.]+ match it."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return np.format_float_positional(value, unique=True, trim="-")
+    return str(value)
+
+
+def metrics_line(values: dict[str, Any]) -> str:
+    """`metrics: key=value key=value` with plain decimals."""
+    return "metrics: " + " ".join(f"{k}={plain(v)}" for k, v in values.items() if v is not None)
+
+
+def emit_metrics(values: dict[str, Any]) -> None:
+    """Print a `metrics:` line to stdout (flushed): SageMaker metric definitions and consoles scrape these."""
+    print(metrics_line(values), flush=True)

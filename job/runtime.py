@@ -1,0 +1,110 @@
+"""Where the job runs, decided in one place: SageMaker, Kaggle or anywhere else.
+
+Everything platform-specific the job needs (hyperparameters, input channels, the model and
+checkpoint folders, the failure file) is read from the environment here and nowhere else.
+Imports neither torch nor any platform SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+OPT_ML = Path("/opt/ml")
+KAGGLE_WORKING = Path("/kaggle/working")
+
+
+def platform() -> str:
+    """`sagemaker`, `kaggle` or `local`."""
+    if os.environ.get("TRAINING_JOB_NAME") or os.environ.get("SM_MODEL_DIR") or os.environ.get("SM_HPS"):
+        return "sagemaker"
+    if (OPT_ML / "input" / "config" / "hyperparameters.json").is_file():
+        return "sagemaker"
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.environ.get("KAGGLE_URL_BASE"):
+        return "kaggle"
+    return "local"
+
+
+def hyperparameters() -> dict[str, Any]:
+    """SageMaker hyperparameters: `SM_HPS` (set by SageMaker's drivers) or the JSON file the platform writes."""
+    if os.environ.get("SM_HPS"):
+        return json.loads(os.environ["SM_HPS"])
+    path = OPT_ML / "input" / "config" / "hyperparameters.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {}
+
+
+def default_run_name(config_hash: str, now: datetime | None = None) -> str:
+    """The SageMaker job name on SageMaker; `<UTC yyyymmdd-hhmmss>-<config hash>` elsewhere."""
+    if os.environ.get("TRAINING_JOB_NAME"):
+        return os.environ["TRAINING_JOB_NAME"]
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{config_hash}"
+
+
+def channel_dir(name: str) -> Path:
+    """The folder of a SageMaker input channel (`SM_CHANNEL_<NAME>` or /opt/ml/input/data/<name>)."""
+    env = os.environ.get(f"SM_CHANNEL_{name.upper()}")
+    return Path(env) if env else OPT_ML / "input" / "data" / name
+
+
+def model_dir() -> Path | None:
+    """SageMaker's model folder (uploaded as the job's model artifact), or None off SageMaker."""
+    if platform() != "sagemaker":
+        return None
+    return Path(os.environ.get("SM_MODEL_DIR", OPT_ML / "model"))
+
+
+def default_checkpoint_dir(run_dir: Path) -> Path:
+    """/opt/ml/checkpoints on SageMaker (synced with S3), /kaggle/working/checkpoints on Kaggle, else in the run."""
+    where = platform()
+    if where == "sagemaker":
+        return OPT_ML / "checkpoints"
+    if where == "kaggle":
+        return KAGGLE_WORKING / "checkpoints"
+    return run_dir / "checkpoints"
+
+
+def write_failure(reason: str) -> None:
+    """On SageMaker, the first 1024 characters of /opt/ml/output/failure become the job's FailureReason."""
+    if platform() != "sagemaker":
+        return
+    try:
+        path = OPT_ML / "output" / "failure"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(reason[:1024])
+    except OSError:
+        pass
+
+
+def distributed() -> bool:
+    """True under torchrun / accelerate launch."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def pin_single_gpu() -> str | None:
+    """One process with several visible GPUs uses the first only: a 4-bit model must never be wrapped in
+    DataParallel. Must run before CUDA initialises. Returns a message when it pinned."""
+    if distributed():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip()]
+        if len(ids) > 1:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ids[0]
+            return f"several GPUs visible ({visible}); this single process uses GPU {ids[0]} (run under torchrun to use all)"
+        return None
+    try:  # nvidia-smi, not torch: asking torch would initialise CUDA before the variable is set
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    n = listing.count("GPU ")
+    if n > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+        return f"{n} GPUs visible; this single process uses GPU 0 (run under torchrun to use all)"
+    return None
