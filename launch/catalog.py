@@ -1,0 +1,280 @@
+"""GPUs and SageMaker instance types the job runs on, their prices, and how long and how much a config will take.
+
+Shared by the launchers (instance validation, the memory-fit check, the `--dry-run` cost estimate). The
+throughput and generation figures are estimates, dated below, until a benchmark on each GPU replaces them; the
+prices come from `prices.json` (dated, with its source). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from job import memory
+from job.config import Config
+
+PRICES_FILE = Path(__file__).with_name("prices.json")
+
+# The throughput figures below were set on this date from the GPUs' dense 16-bit tensor throughput and memory
+# bandwidth relative to an A10G, with bitsandbytes' 4-bit dequantization overhead; none is a measurement yet.
+ESTIMATES_AS_OF = "2026-11-23"
+REFERENCE_PARAMS = 3.2e9  # the figures are for Llama-3.2-3B (3.21B parameters) in 4-bit NF4
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_gb: int
+    """Nominal memory (the marketing figure: 16, 24, 48, 40, 80)."""
+    usable_gb: float
+    """What PyTorch sees, in GiB: the figure the memory-fit check compares against."""
+    bf16: bool
+    """Compute capability >= 8.0 (bf16 and flash attention); T4 trains in fp16."""
+    train_tokens_per_s: float
+    """QLoRA training throughput, non-padding tokens/s per GPU, 3B model in 4-bit, gradient checkpointing on,
+    sequences up to 1024 tokens. Estimate (ESTIMATES_AS_OF)."""
+    decode_step_s: float
+    """Seconds per generated token for a batch of up to 32 prompts, 3B model in 4-bit (bitsandbytes' decode is
+    kernel-launch bound, so this barely depends on the batch). Estimate (ESTIMATES_AS_OF)."""
+
+
+GPUS: dict[str, Gpu] = {
+    g.name: g
+    for g in (
+        Gpu("T4", 16, memory.GPU_MEMORY_GB["T4"], False, 800, 0.070),
+        Gpu("A10G", 24, memory.GPU_MEMORY_GB["A10G"], True, 2_000, 0.050),
+        Gpu("L4", 24, memory.GPU_MEMORY_GB["L4"], True, 1_700, 0.055),
+        Gpu("L40S", 48, memory.GPU_MEMORY_GB["L40S"], True, 4_000, 0.040),
+        Gpu("A100-40GB", 40, memory.GPU_MEMORY_GB["A100-40GB"], True, 5_000, 0.035),
+        Gpu("H100", 80, memory.GPU_MEMORY_GB["H100"], True, 9_000, 0.030),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    gpu: str
+    gpu_count: int
+    vcpu: int
+    ram_gb: int
+    """Host memory, GiB."""
+
+    @property
+    def gpu_spec(self) -> Gpu:
+        return GPUS[self.gpu]
+
+    @property
+    def bf16(self) -> bool:
+        return self.gpu_spec.bf16
+
+
+def _family(prefix: str, gpu: str, sizes: list[tuple[str, int, int, int]]) -> list[Instance]:
+    return [Instance(f"ml.{prefix}.{size}", gpu, count, vcpu, ram) for size, count, vcpu, ram in sizes]
+
+
+# (size, GPUs, vCPUs, host GiB) from the EC2 instance type pages of each family.
+INSTANCES: dict[str, Instance] = {
+    i.name: i
+    for i in (
+        _family(
+            "g4dn",
+            "T4",
+            [
+                ("xlarge", 1, 4, 16),
+                ("2xlarge", 1, 8, 32),
+                ("4xlarge", 1, 16, 64),
+                ("8xlarge", 1, 32, 128),
+                ("16xlarge", 1, 64, 256),
+                ("12xlarge", 4, 48, 192),
+            ],
+        )
+        + _family(
+            "g5",
+            "A10G",
+            [
+                ("xlarge", 1, 4, 16),
+                ("2xlarge", 1, 8, 32),
+                ("4xlarge", 1, 16, 64),
+                ("8xlarge", 1, 32, 128),
+                ("16xlarge", 1, 64, 256),
+                ("12xlarge", 4, 48, 192),
+                ("24xlarge", 4, 96, 384),
+                ("48xlarge", 8, 192, 768),
+            ],
+        )
+        + _family(
+            "g6",
+            "L4",
+            [
+                ("xlarge", 1, 4, 16),
+                ("2xlarge", 1, 8, 32),
+                ("4xlarge", 1, 16, 64),
+                ("8xlarge", 1, 32, 128),
+                ("16xlarge", 1, 64, 256),
+                ("12xlarge", 4, 48, 192),
+                ("24xlarge", 4, 96, 384),
+                ("48xlarge", 8, 192, 768),
+            ],
+        )
+        + _family(
+            "g6e",
+            "L40S",
+            [
+                ("xlarge", 1, 4, 32),
+                ("2xlarge", 1, 8, 64),
+                ("4xlarge", 1, 16, 128),
+                ("8xlarge", 1, 32, 256),
+                ("16xlarge", 1, 64, 512),
+                ("12xlarge", 4, 48, 384),
+                ("24xlarge", 4, 96, 768),
+                ("48xlarge", 8, 192, 1536),
+            ],
+        )
+        + _family("p4d", "A100-40GB", [("24xlarge", 8, 96, 1152)])
+        + _family("p5", "H100", [("48xlarge", 8, 192, 2048)])
+    )
+}
+
+
+class UnknownInstance(ValueError):
+    pass
+
+
+def instance(name: str) -> Instance:
+    """The catalog entry for an instance type; raises UnknownInstance naming the GPU types we support."""
+    if name in INSTANCES:
+        return INSTANCES[name]
+    singles = ", ".join(n for n, i in INSTANCES.items() if i.gpu_count == 1 and n.endswith(".xlarge"))
+    if not name.startswith("ml."):
+        hint = f" (SageMaker names start with ml.: ml.{name}?)" if f"ml.{name}" in INSTANCES else ""
+        raise UnknownInstance(f"instance type {name!r} is not a SageMaker type{hint}; GPU types: {singles}, ...")
+    raise UnknownInstance(
+        f"{name} is not a GPU instance type this job supports; use one of {singles} "
+        f"(or larger sizes of g4dn, g5, g6, g6e, or ml.p4d.24xlarge, ml.p5.48xlarge)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data sets: rows and average tokens per training example (prompt + summary with the Llama-3 chat template).
+
+DATASETS: dict[str, dict[str, int]] = {
+    # knkarthick/dialogsum: 12,460 / 500 / 1,500 rows (the test split has 3 references for each of 500 dialogues).
+    "knkarthick/dialogsum": {"train": 12_460, "validation": 500, "test_dialogues": 500, "tokens_per_example": 250},
+    # job/builtin/*.jsonl with the built-in byte-level tokenizer.
+    "builtin:synthetic": {"train": 1_200, "validation": 60, "test_dialogues": 60, "tokens_per_example": 120},
+}
+DEFAULT_DATASET = "knkarthick/dialogsum"  # unknown data sets are assumed to look like DialogSum
+
+
+def dataset_figures(name: str) -> tuple[dict[str, int], bool]:
+    """(figures, known) for a data set; unknown ones get DialogSum's figures and known=False."""
+    if name in DATASETS:
+        return DATASETS[name], True
+    return DATASETS[DEFAULT_DATASET], False
+
+
+def _params(cfg: Config) -> float:
+    try:
+        return memory.parameter_counts(memory.architecture(cfg.model.name))["total"]
+    except memory.UnknownArchitecture:
+        return REFERENCE_PARAMS
+
+
+def _speedup(cfg: Config) -> float:
+    """How much faster than the reference 3B model this model runs: inverse to its size, capped because small
+    models are bound by kernel launches, not arithmetic."""
+    return min(20.0, REFERENCE_PARAMS / _params(cfg))
+
+
+def estimate_hours(cfg: Config, gpu: str, count: int = 1) -> dict[str, Any]:
+    """Expected hours of training, validation-loss passes and ROUGE generation for cfg on `count` GPUs."""
+    spec = GPUS[gpu]
+    figures, known = dataset_figures(cfg.data.dataset)
+    rows = min(figures["train"], cfg.data.max_train_examples or figures["train"])
+    per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * count
+    if cfg.train.max_steps > 0:
+        steps = cfg.train.max_steps
+    else:
+        steps = math.ceil(rows * cfg.train.epochs / per_step)
+    examples = steps * per_step
+    tokens = examples * figures["tokens_per_example"]
+
+    throughput = spec.train_tokens_per_s * _speedup(cfg) * count * (0.9 if count > 1 else 1.0)
+    if not cfg.train.gradient_checkpointing:
+        throughput *= 1.3  # no recomputation in the backward pass
+    train_s = tokens / throughput
+
+    # Validation loss: a forward pass only, about a third of a training step's cost per token.
+    evaluations = steps // cfg.train.eval_steps if cfg.train.eval_steps else max(1, round(4 * cfg.train.epochs))
+    eval_rows = min(figures["validation"], cfg.data.max_eval_examples or figures["validation"])
+    validation_s = (
+        evaluations * eval_rows * figures["tokens_per_example"] / (3 * throughput) if cfg.data.eval_split else 0
+    )
+
+    dialogues = cfg.eval.num_dialogues or figures["test_dialogues"]
+    passes = 2 if cfg.eval.base else 1
+    step_s = max(0.01, spec.decode_step_s / _speedup(cfg))
+    generation_s = passes * math.ceil(dialogues / cfg.eval.batch_size) * cfg.eval.max_new_tokens * step_s
+
+    return {
+        "gpu": gpu,
+        "gpus": count,
+        "steps": steps,
+        "train_tokens": tokens,
+        "train_hours": train_s / 3600,
+        "validation_hours": validation_s / 3600,
+        "generation_hours": generation_s / 3600,
+        "hours": (train_s + validation_s + generation_s) / 3600,
+        "dataset_known": known,
+        "estimates_as_of": ESTIMATES_AS_OF,
+    }
+
+
+def estimate_train_hours(cfg: Config, gpu: str, count: int = 1) -> float:
+    """Hours of GPU work (training, validation loss, ROUGE generation) for cfg on `count` GPUs of model `gpu`."""
+    return estimate_hours(cfg, gpu, count)["hours"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prices
+
+STARTUP_HOURS = 0.2  # billed before the first step: image pull, requirements install, model download and load
+
+
+@cache
+def prices() -> dict[str, Any]:
+    return json.loads(PRICES_FILE.read_text(encoding="utf-8"))
+
+
+def estimate_cost(cfg: Config, instance_type: str, spot: bool, instance_count: int = 1) -> dict[str, Any]:
+    """Expected hours and USD for cfg on an instance type (on-demand or managed spot), with the figures' dates.
+
+    The job trains in one process on the first GPU of each instance, so hours are estimated for one GPU.
+    """
+    inst = instance(instance_type)
+    work = estimate_hours(cfg, inst.gpu, 1)
+    hours = work["hours"] + STARTUP_HOURS
+    table = prices()
+    price = table["on_demand"].get(instance_type)
+    discount = table["spot_discount"] if spot else 0.0
+    on_demand_cost = None if price is None else round(price * hours * instance_count, 2)
+    return {
+        "instance_type": instance_type,
+        "instance_count": instance_count,
+        "gpu": inst.gpu,
+        "hours": round(hours, 2),
+        "work": {k: round(v, 3) if isinstance(v, float) else v for k, v in work.items()},
+        "on_demand_per_hour": price,
+        "spot": spot,
+        "spot_discount": discount,
+        "on_demand_usd": on_demand_cost,
+        "usd": None if on_demand_cost is None else round(on_demand_cost * (1 - discount), 2),
+        "prices_as_of": table["as_of"],
+        "prices_region": table["region"],
+        "price_derived": instance_type in table["derived"],
+    }
