@@ -96,8 +96,8 @@ def _dataset_license_text(cfg: Config) -> str:
     name = cfg.data.dataset
     if "dialogsum" in name.lower():
         return (
-            f"The training data, DialogSum (`{name}`), is licensed {DIALOGSUM_LICENSE}: the adapter is a derivative "
-            "of it, so non-commercial use only, with attribution, shared under the same terms."
+            f"The training data, DialogSum (`{name}`), is licensed {DIALOGSUM_LICENSE} (non-commercial, attribution, "
+            "share-alike); those terms may extend to models trained on it, so check them before any commercial use."
         )
     if name.startswith("builtin:"):
         return f"The training data (`{name}`) is a small synthetic set shipped with this project (Apache-2.0)."
@@ -164,7 +164,7 @@ def _card_data(cfg: Config, metrics: dict[str, Any], repo_id: str, license_id: s
         library_name="peft",
         license=license_id or "other",
         pipeline_tag="text-generation",
-        tags=["qlora" if cfg.method == "qlora" else "lora", "summarization", "dialogsum"],
+        tags=[cfg.method, "summarization"] + (["dialogsum"] if "dialogsum" in cfg.data.dataset.lower() else []),
         eval_results=results or None,
     )
 
@@ -211,7 +211,8 @@ def model_card(run_dir: Path, cfg: Config, repo_id: str, merged: bool = False) -
         lines += [
             "## Merged model",
             "",
-            "`merged/` holds the base model with the adapter merged in.",
+            "`merged/` holds the base model with the adapter merged in: "
+            f'`AutoModelForCausalLM.from_pretrained("{repo_id}", subfolder="merged")`.',
             "",
             QUANTIZATION_NOTE,
             "",
