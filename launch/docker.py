@@ -1,0 +1,207 @@
+"""`python -m launch docker COMMAND [--config NAME] [overrides]`: the docker (or podman) command that runs the job's
+image on this machine's GPU, printed, or run with `--run`.
+
+The command mounts the run folder at /runs and the Hugging Face cache at the image's HF_HOME, runs as the calling
+user so the run's files are yours, and hands the Hugging Face token over by reference only: `-e HF_TOKEN` (the
+engine copies the value from its own environment) or a file mounted at /run/secrets/hf_token, where the job
+looks for it. The token's value never appears in the command, the image or its history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from job import config as config_mod
+from launch.image import ENGINES, ImageError, choose_engine, default_tag
+
+RUNS_IN_CONTAINER = "/runs"
+HF_HOME_IN_CONTAINER = "/cache/huggingface"
+TOKEN_IN_CONTAINER = "/run/secrets/hf_token"
+INPUTS_IN_CONTAINER = "/inputs"
+JOB_COMMANDS = ("train", "predict", "publish")
+PATH_KEYS = ("data.dataset", "model.name")
+"""Overrides whose value may be a file or folder on this machine: mounted read-only so the job finds it."""
+
+EPILOG = """examples:
+  python -m launch docker train --config llama-3.2-3b-qlora                 # print the command
+  python -m launch docker train --config llama-3.2-3b-qlora --run           # and run it
+  python -m launch docker train --config smoke --cpu --run                  # CPU smoke test, no GPU needed
+  python -m launch docker train --config my.yaml data.dataset=dialogues.jsonl --hf-token-file ~/.hf_token
+
+The Hugging Face token: set HF_TOKEN in your environment (passed as `-e HF_TOKEN`, by name) or give
+--hf-token-file (mounted read-only at /run/secrets/hf_token). Runs land in --runs (default ./runs).
+"""
+
+
+class LaunchError(Exception):
+    """Bad input, reported as one line."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m launch docker",
+        description="Print (or run with --run) the docker/podman command that runs the job's image on a GPU box.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        allow_abbrev=False,
+    )
+    p.add_argument("command", choices=JOB_COMMANDS, help="the job's command")
+    p.add_argument("--config", help="preset name or YAML path (a path is mounted into the container)")
+    p.add_argument("--image", default=default_tag(), help="image to run (default: %(default)s)")
+    p.add_argument("--engine", choices=ENGINES, help="default: docker when its daemon answers, else podman")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="run folders on this machine (default: ./runs)")
+    p.add_argument(
+        "--hf-cache",
+        type=Path,
+        default=Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")),
+        help="Hugging Face cache to share with the container (default: $HF_HOME or ~/.cache/huggingface)",
+    )
+    p.add_argument("--hf-token-file", type=Path, help="file holding the Hugging Face token (mounted read-only)")
+    p.add_argument("--cpu", action="store_true", help="no GPU flags (CPU smoke tests)")
+    p.add_argument("--as-root", action="store_true", help="run as the image's root user instead of yours")
+    p.add_argument("--run", action="store_true", help="run the command instead of only printing it")
+    return p
+
+
+def split_job_args(rest: list[str]) -> list[str]:
+    """The job's overrides as given; launcher options never reach here (argparse took them)."""
+    return [a for a in rest if a != "--"]
+
+
+def override_value(job_args: list[str], key: str) -> str | None:
+    """The value of `key=value` or `--key value` among the job's overrides (last one wins, as in the job)."""
+    value = None
+    for i, arg in enumerate(job_args):
+        if arg.startswith(f"{key}=") or arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{key}" and i + 1 < len(job_args):
+            value = job_args[i + 1]
+    return value
+
+
+def replace_override(job_args: list[str], key: str, value: str) -> list[str]:
+    """The overrides with every occurrence of `key` set to `value` (forms kept)."""
+    out, skip = [], False
+    for i, arg in enumerate(job_args):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith(f"{key}=") or arg.startswith(f"--{key}="):
+            out.append(arg.split("=", 1)[0] + "=" + value)
+        elif arg == f"--{key}" and i + 1 < len(job_args):
+            out += [arg, value]
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def validate_config(config: str | None, job_args: list[str]) -> None:
+    """Resolve the config here, before any container starts, so mistakes cost nothing."""
+    try:
+        config_mod.resolve(config, job_args, {})
+    except config_mod.ConfigError as e:
+        raise LaunchError(str(e)) from None
+
+
+def is_local_path(value: str) -> bool:
+    return "://" not in value and not value.startswith(("builtin:", "channel:")) and Path(value).expanduser().exists()
+
+
+def mount_inputs(config: str | None, job_args: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """Mounts for a config file and local data/model paths; returns (volume flags, config arg, job args)."""
+    volumes: list[str] = []
+    if config and Path(config).suffix and Path(config).is_file():
+        host = Path(config).expanduser().resolve()
+        inside = f"{INPUTS_IN_CONTAINER}/config/{host.name}"
+        volumes += ["-v", f"{host}:{inside}:ro"]
+        config = inside
+    for key in PATH_KEYS:
+        value = override_value(job_args, key)
+        if value and is_local_path(value):
+            host = Path(value).expanduser().resolve()
+            inside = f"{INPUTS_IN_CONTAINER}/{key.split('.')[0]}/{host.name}"
+            volumes += ["-v", f"{host}:{inside}:ro"]
+            job_args = replace_override(job_args, key, inside)
+    return volumes, config, job_args
+
+
+def output_args(job_args: list[str]) -> list[str]:
+    """Runs go to the mounted /runs. A remote output.uri (s3://, hf://) keeps its local copy there too."""
+    uri = override_value(job_args, "output.uri")
+    if uri is None:
+        return job_args + [f"output.uri={RUNS_IN_CONTAINER}"]
+    if "://" not in uri:
+        raise LaunchError(
+            f"output.uri={uri} is a path inside the container: choose the folder on this machine with --runs"
+        )
+    if override_value(job_args, "output.local_dir") is None:
+        return job_args + [f"output.local_dir={RUNS_IN_CONTAINER}"]
+    return job_args
+
+
+def token_args(token_file: Path | None) -> list[str]:
+    """The token by reference: a mounted file, or the variable's name (never its value)."""
+    if token_file is not None:
+        path = token_file.expanduser().resolve()
+        if not path.is_file():
+            raise LaunchError(f"--hf-token-file {token_file}: no such file (write the token into it, one line)")
+        return ["-v", f"{path}:{TOKEN_IN_CONTAINER}:ro"]
+    if os.environ.get("HF_TOKEN"):
+        return ["-e", "HF_TOKEN"]
+    return []
+
+
+def gpu_args(engine: str) -> list[str]:
+    """docker's NVIDIA runtime flag; podman uses the Container Device Interface (nvidia-ctk cdi generate)."""
+    return ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
+
+
+def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> list[str]:
+    """The full engine command for the parsed options."""
+    if args.command == "train":
+        validate_config(args.config, job_args)
+    volumes, config, job_args = mount_inputs(args.config, job_args)
+    if args.command == "train":
+        job_args = output_args(job_args)
+    runs = args.runs.expanduser().resolve()
+    cache = args.hf_cache.expanduser().resolve()
+    cmd = [engine, "run", "--rm"]
+    if not args.cpu:
+        cmd += gpu_args(engine)
+    if not args.as_root and hasattr(os, "getuid"):
+        cmd += ["--user", f"{os.getuid()}:{os.getgid()}"]
+    # PyTorch's data loader workers share tensors through /dev/shm, which engines cap at 64 MB by default.
+    cmd += ["--shm-size", "8g"]
+    cmd += ["-v", f"{runs}:{RUNS_IN_CONTAINER}", "-v", f"{cache}:{HF_HOME_IN_CONTAINER}"]
+    cmd += volumes + token_args(args.hf_token_file)
+    cmd += [args.image, args.command] + (["--config", config] if config else []) + job_args
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = parser().parse_known_args(argv)
+    try:
+        engine = choose_engine(args.engine, must_work=args.run)
+        cmd = run_command(args, split_job_args(rest), engine)
+    except (LaunchError, ImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(shlex.join(cmd))
+    if not args.run:
+        return 0
+    # The host folders must exist and belong to the caller, or the engine creates them as root.
+    args.runs.expanduser().mkdir(parents=True, exist_ok=True)
+    args.hf_cache.expanduser().mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    return subprocess.run(cmd).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
