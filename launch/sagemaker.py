@@ -1,0 +1,515 @@
+"""`python -m launch sagemaker`: run the job as a SageMaker training job, follow it, fetch its run folder.
+
+    python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot [key=value ...]
+    python -m launch sagemaker status|logs|fetch|stop JOB
+
+Everything that can be checked without spending money is checked first, all at once: the instance type, the
+config's GPU memory fit on its GPU, spot timing, the account's quota. `--dry-run` prints the CreateTrainingJob
+request and a cost estimate without calling AWS. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from job import config as config_mod
+from job import memory
+from launch import catalog
+from launch import sagemaker_follow as follow_mod
+from launch import sagemaker_request as req
+from launch.sagemaker_follow import LaunchError
+
+log = logging.getLogger("launch.sagemaker")
+
+DEFAULT_PREFIX = "dialogsum-qlora"
+MAX_RUN_LIMIT_H = 28 * 24  # CreateTrainingJob's MaxRuntimeInSeconds ceiling
+ECR_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^\s:]+(:[\w.-]+|@sha256:[0-9a-f]{64})?$")
+DEFAULT_SECRET_ID = "dialogsum-qlora/hf-token"
+GATED_PREFIXES = ("meta-llama/", "mistralai/", "google/gemma")
+COMMANDS = ("status", "logs", "fetch", "stop")
+
+EPILOG = """examples:
+  python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot --dry-run
+  python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot \\
+      --role arn:aws:iam::123456789012:role/SageMakerTraining --hf-token-secret dialogsum-qlora/hf-token
+  python -m launch sagemaker status JOB | logs JOB | fetch JOB --to ./runs | stop JOB
+
+Anything after the options is a config override (key.sub=value), as for `python -m job train`.
+One-time AWS setup (role, bucket, secret, quota): docs/sagemaker.md."""
+
+
+def submit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m launch sagemaker",
+        description="Run the job as a SageMaker training job (SDK v3 ModelTrainer), follow it and show its ROUGE.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    p.add_argument("--config", required=True, help="preset name or YAML file, as for `python -m job train`")
+    p.add_argument("--instance", required=True, metavar="TYPE", help="GPU instance type, e.g. ml.g5.xlarge")
+    p.add_argument("--region", help="AWS region (default: your AWS configuration's)")
+    p.add_argument("--role", help="execution role ARN or name (default: the SDK's resolution, see docs)")
+    p.add_argument(
+        "--output", metavar="S3_URI", help="s3://bucket/prefix for everything (default: the SageMaker default bucket)"
+    )
+    p.add_argument(
+        "--spot", action="store_true", help="managed spot training (checkpoints per run; resumes after interruption)"
+    )
+    p.add_argument(
+        "--max-run", type=float, default=24.0, metavar="HOURS", help="stop the job after this long (default 24)"
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        metavar="HOURS",
+        help="spot: give up after this long including waits (default 2 x max-run)",
+    )
+    p.add_argument("--volume-size", type=int, default=100, metavar="GB", help="disk per instance (default 100)")
+    p.add_argument("--instance-count", type=int, default=1, metavar="N", help="instances (the job trains on one: 1)")
+    p.add_argument(
+        "--image",
+        default="dlc",
+        metavar="dlc|ECR_URI",
+        help="`dlc` (Hugging Face PyTorch DLC + our source) or our image in ECR",
+    )
+    p.add_argument("--hf-token-secret", metavar="ID", help="Secrets Manager id or ARN holding the Hugging Face token")
+    p.add_argument("--create-secret", action="store_true", help="store the local HF_TOKEN in --hf-token-secret first")
+    p.add_argument("--tags", nargs="+", default=[], metavar="KEY=VALUE", help="extra tags on the training job")
+    p.add_argument("--name", help="job name prefix (default dialogsum-<config hash>); SageMaker adds a timestamp")
+    p.add_argument(
+        "--ignore-memory-check", action="store_true", help="launch even if the memory estimate says it won't fit"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the request and a cost estimate; call no AWS API")
+    p.add_argument(
+        "--wait", action=argparse.BooleanOptionalAction, default=True, help="follow the job to its end (default)"
+    )
+    return p
+
+
+def command_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m launch sagemaker", description="Follow a SageMaker training job.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("status", "status, transitions and failure reason"),
+        ("logs", "the job's CloudWatch log lines"),
+        ("fetch", "download the run folder"),
+        ("stop", "stop the job"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("job", metavar="JOB", help="training job name")
+        s.add_argument("--region", help="AWS region (default: your AWS configuration's)")
+        if name == "logs":
+            s.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        if name == "fetch":
+            s.add_argument(
+                "--to", type=Path, default=Path("runs"), metavar="DIR", help="parent folder (default ./runs)"
+            )
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building and checking the plan
+
+
+def _hours(h: float) -> int:
+    return int(round(h * 3600))
+
+
+def _parse_tags(items: list[str], problems: list[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            problems.append(f"--tags {item!r}: write tags as KEY=VALUE")
+        else:
+            tags[key] = value
+    return tags
+
+
+def _uses_secret(args: argparse.Namespace) -> str | None:
+    if args.hf_token_secret:
+        return args.hf_token_secret
+    return DEFAULT_SECRET_ID if args.create_secret else None
+
+
+def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
+    """(problems, warnings) found without AWS: every problem is reported at once."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    try:
+        inst = catalog.instance(args.instance)
+    except catalog.UnknownInstance as e:
+        problems.append(str(e))
+        inst = None
+    if args.instance_count != 1:
+        problems.append(
+            f"--instance-count {args.instance_count}: the job trains in one process on one instance; use 1 "
+            "(for more GPU memory choose a larger GPU, e.g. ml.g6e.xlarge)"
+        )
+    if cfg.output.run_name is not None:
+        problems.append(
+            "output.run_name: on SageMaker the run is named after the training job; use --name for its prefix"
+        )
+    if not 0 < args.max_run <= MAX_RUN_LIMIT_H:
+        problems.append(f"--max-run {args.max_run:g}: must be between 0 and {MAX_RUN_LIMIT_H} hours")
+    if args.max_wait is not None and not args.spot:
+        problems.append("--max-wait only applies to --spot jobs")
+    if args.spot and args.max_wait is not None and args.max_wait < args.max_run:
+        problems.append(f"--max-wait {args.max_wait:g} h must be at least --max-run {args.max_run:g} h")
+    if not 1 <= args.volume_size <= 16384:
+        problems.append(f"--volume-size {args.volume_size}: must be 1-16384 GB")
+    if args.image != "dlc" and not ECR_IMAGE.match(args.image):
+        problems.append(
+            f"--image {args.image!r}: SageMaker pulls training images from ECR; give ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG "
+            "(`python -m launch image` pushes ours) or `dlc`"
+        )
+    if args.create_secret and not os.environ.get("HF_TOKEN"):
+        problems.append("--create-secret stores the local HF_TOKEN: set HF_TOKEN in this shell first")
+    if args.output and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", args.output):
+        problems.append(f"--output {args.output!r}: give s3://bucket/prefix")
+    if inst is not None:
+        gpu = inst.gpu_spec
+        if cfg.model.compute_dtype == "bfloat16" and not gpu.bf16:
+            problems.append(f"model.compute_dtype=bfloat16: the {gpu.name} has no bf16; use auto or float16")
+        fit = memory.fit_message(cfg, gpu.name, gpu.usable_gb)
+        if fit and not args.ignore_memory_check:
+            problems.append(f"{fit} (or pass --ignore-memory-check)")
+        elif fit:
+            warnings.append(fit)
+        if inst.gpu_count > 1:
+            warnings.append(f"{inst.name} has {inst.gpu_count} GPUs; the job trains on one of them")
+        try:
+            memory.architecture(cfg.model.name)
+        except memory.UnknownArchitecture:
+            warnings.append(f"no memory estimate for {cfg.model.name} (its shape is unknown here); not checked")
+    if cfg.model.name.startswith(GATED_PREFIXES) and not _uses_secret(args):
+        warnings.append(
+            f"{cfg.model.name} is gated on the Hugging Face Hub: pass --hf-token-secret ID "
+            "(and --create-secret to store your local HF_TOKEN there)"
+        )
+    _parse_tags(args.tags, problems)
+    return problems, warnings
+
+
+def region_of(args: argparse.Namespace, dry_run: bool) -> str:
+    if args.region:
+        return args.region
+    import boto3
+
+    region = boto3.Session().region_name
+    if region:
+        return region
+    if dry_run:
+        return "us-east-1"
+    raise LaunchError("no AWS region: pass --region (e.g. --region us-east-1) or set AWS_DEFAULT_REGION")
+
+
+def job_config(cfg: config_mod.Config, output: str) -> config_mod.Config:
+    """The config the job runs with: publishes to <output>/runs unless the user chose s3:// or hf:// already."""
+    import dataclasses
+
+    if cfg.output.uri.startswith(("s3://", "hf://")):
+        return cfg
+    return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=f"{output}/runs"))
+
+
+def make_plan(args: argparse.Namespace, cfg: config_mod.Config, region: str, output: str, role: str) -> req.Plan:
+    cfg, channels = req.channels_for(job_config(cfg, output), output)
+    secret = _uses_secret(args)
+    max_run = _hours(args.max_run)
+    max_wait = (_hours(args.max_wait) if args.max_wait else 2 * max_run) if args.spot else None
+    problems: list[str] = []
+    tags = req.tags_for(cfg, args.config) | _parse_tags(args.tags, problems)
+    return req.Plan(
+        cfg=cfg,
+        config_name=args.config,
+        region=region,
+        instance_type=args.instance,
+        instance_count=args.instance_count,
+        image=req.default_image(region, args.instance) if args.image == "dlc" else args.image,
+        own_image=args.image != "dlc",
+        output=output.rstrip("/"),
+        role=role,
+        base_job_name=req.base_job_name(args.name, cfg),
+        spot=args.spot,
+        max_run_s=max_run,
+        max_wait_s=min(max_wait, _hours(MAX_RUN_LIMIT_H)) if max_wait else None,
+        volume_gb=args.volume_size,
+        environment={req.SECRET_ENV: secret} if secret else {},
+        channels=channels,
+        tags=tags,
+    )
+
+
+def local_tokens() -> list[str]:
+    return [v for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if len(v := os.environ.get(k, "")) >= 8]
+
+
+def refuse_secrets(request: Any) -> None:
+    """Never send the local Hugging Face token: anyone who can describe the job would read it."""
+    text = json.dumps(request, default=str)
+    if any(token in text for token in local_tokens()):
+        raise LaunchError(
+            "the request would contain your HF_TOKEN (in a config value or tag); remove it and use --hf-token-secret"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output
+
+
+def cost_lines(cfg: config_mod.Config, instance_type: str, spot: bool, max_run_s: int) -> list[str]:
+    est = catalog.estimate_cost(cfg, instance_type, spot)
+    w = est["work"]
+    lines = [
+        f"estimate: ~{est['hours']:.2f} h on {instance_type} ({est['gpu']}): training {w['train_hours']:.2f} h "
+        f"({w['steps']} steps, {w['train_tokens']:,} tokens), validation {w['validation_hours']:.2f} h, "
+        f"ROUGE generation {w['generation_hours']:.2f} h, startup {catalog.STARTUP_HOURS:.2f} h",
+    ]
+    if est["usd"] is not None:
+        price = f"${est['on_demand_per_hour']:.3f}/h on demand" + (
+            " (derived from EC2)" if est["price_derived"] else ""
+        )
+        if spot:
+            lines.append(
+                f"cost: ~${est['usd']:.2f} with spot (~{est['spot_discount']:.0%} off; ${est['on_demand_usd']:.2f} on demand), {price}"
+            )
+        else:
+            lines.append(
+                f"cost: ~${est['usd']:.2f} on demand ({price}; --spot typically ~{catalog.prices()['spot_discount']:.0%} less)"
+            )
+        lines.append(
+            f"  prices {est['prices_region']} as of {est['prices_as_of']} (launch/prices.json), throughput figures are "
+            f"estimates as of {w['estimates_as_of']}"
+        )
+    if not w["dataset_known"]:
+        lines.append(f"  {cfg.data.dataset}: size unknown here, assumed DialogSum-sized")
+    if est["hours"] * 3600 > max_run_s:
+        lines.append(f"  warning: the estimate exceeds --max-run ({max_run_s / 3600:g} h): the job would be stopped")
+    return lines
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def console_url(region: str, job_name: str) -> str:
+    return f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/jobs/{job_name}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    region = region_of(args, dry_run=True)
+    output = (args.output or f"s3://sagemaker-{region}-<ACCOUNT_ID>/{DEFAULT_PREFIX}").rstrip("/")
+    role = (
+        args.role if args.role and args.role.startswith("arn:") else "<execution role: --role, else the SDK's default>"
+    )
+    plan = make_plan(args, cfg, region, output, role)
+    job_name = f"{plan.base_job_name}-<yyyymmddHHMMSS>"
+    request = req.preview_request(plan, job_name)
+    refuse_secrets(request)
+    print(json.dumps(request, indent=2))
+    for line in cost_lines(plan.cfg, plan.instance_type, plan.spot, plan.max_run_s):
+        _note(line)
+    _note(f"run folder: {plan.cfg.output.uri}/{job_name}/")
+    if args.create_secret:
+        _note(f"would store the local HF_TOKEN in Secrets Manager secret {_uses_secret(args)} ({region})")
+    if not args.region:
+        _note(f"region: {region} (pass --region to choose another)")
+    _note("dry run: nothing was sent to AWS")
+    return 0
+
+
+def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    import boto3
+
+    region = region_of(args, dry_run=False)
+    boto = boto3.Session(region_name=region)
+    inst = catalog.instance(args.instance)
+    warning = follow_mod.check_quota(boto.client("service-quotas"), region, inst.name, args.instance_count, args.spot)
+    if warning:
+        _note(f"warning: {warning}")
+
+    secret_id = _uses_secret(args)
+    if secret_id:
+        secrets = boto.client("secretsmanager")
+        if args.create_secret:
+            arn = follow_mod.store_secret(secrets, secret_id, os.environ["HF_TOKEN"])
+            _note(f"stored HF_TOKEN in secret {arn}")
+            _note("the execution role needs this permission (add it as an inline policy):")
+            _note(json.dumps(follow_mod.role_policy_for_secret(arn), indent=2))
+        else:
+            follow_mod.secret_arn(secrets, secret_id)
+
+    session = sagemaker_session(boto, args.output)
+    output = args.output.rstrip("/") if args.output else f"s3://{session.default_bucket()}/{DEFAULT_PREFIX}"
+    plan = make_plan(args, cfg, region, output, args.role or "")
+    s3 = boto.client("s3")
+    for channel in plan.channels:
+        if not channel.source.startswith("s3://"):
+            uploaded = follow_mod.upload_channel(s3, Path(channel.source), channel.s3_uri)
+            _note(f"{channel.name}: {'uploaded' if uploaded else 'reusing'} {channel.s3_uri}")
+
+    refuse_secrets(req.preview_request(plan, plan.base_job_name))
+    boto.events.register("provide-client-params.sagemaker.CreateTrainingJob", _refuse_secrets_handler)
+    job_name = create_job(plan, session)
+
+    print(f"submitted {job_name}")
+    _note(f"console: {console_url(region, job_name)}")
+    _note(f"run folder (when it completes): {follow_mod.run_folder_uri(_job_stub(plan, job_name))}")
+    _note(f"follow: python -m launch sagemaker status {job_name} --region {region}")
+    if not args.wait:
+        return 0
+    return watch(boto.client("sagemaker"), boto.client("logs"), boto.client("s3"), job_name)
+
+
+def _refuse_secrets_handler(params: dict[str, Any], **_: Any) -> None:
+    refuse_secrets(params)
+
+
+def _job_stub(plan: req.Plan, job_name: str) -> dict[str, Any]:
+    return {
+        "TrainingJobName": job_name,
+        "HyperParameters": plan.hyperparameters,
+        "OutputDataConfig": {"S3OutputPath": plan.jobs_uri},
+    }
+
+
+def sagemaker_session(boto: Any, output: str | None):
+    """A SageMaker session whose default bucket and prefix are --output, so code, drivers and checkpoints go there."""
+    from sagemaker.core.helper.session_helper import Session
+
+    if not output:
+        return Session(boto_session=boto, default_bucket_prefix=DEFAULT_PREFIX)
+    bucket, prefix = follow_mod.split_s3(output.rstrip("/"))
+    return Session(boto_session=boto, default_bucket=bucket, default_bucket_prefix=prefix or None)
+
+
+def create_job(plan: req.Plan, session: Any) -> str:
+    from sagemaker.core.helper.iam_role_resolver import RoleValidationError
+
+    with tempfile.TemporaryDirectory(prefix="dialogsum-sm-") as tmp:
+        source = None if plan.own_image else req.stage_source(plan.cfg, Path(tmp))
+        try:
+            trainer = req.model_trainer(plan, session, source)
+        except RoleValidationError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "no role could be resolved"
+            raise LaunchError(
+                f"no usable SageMaker execution role ({first}); pass --role arn:aws:iam::ACCOUNT:role/NAME "
+                "(docs/sagemaker.md shows how to create one)"
+            ) from None
+        except ValueError as e:
+            if plan.role:
+                raise LaunchError(f"--role {plan.role}: {str(e).splitlines()[0]}") from None
+            raise
+        trainer.train(wait=False, logs=False)
+        return trainer._latest_training_job.training_job_name
+
+
+def watch(sm: Any, logs: Any, s3: Any, job_name: str, poll_s: float = 15.0) -> int:
+    """Follow to the end; print the ROUGE table on success, the reason and last log lines on failure."""
+    job = follow_mod.follow(sm, logs, job_name, out=print, poll_s=poll_s)
+    print(follow_mod.status_line(job))
+    if job["TrainingJobStatus"] == "Completed":
+        metrics = follow_mod.read_metrics(s3, job)
+        if metrics is None:
+            _note(f"no metrics.json at {follow_mod.run_folder_uri(job)}")
+            return 1
+        print(follow_mod.rouge_table(metrics))
+        print(follow_mod.run_folder_uri(job))
+        return 0
+    if job["TrainingJobStatus"] == "Failed":
+        lines = job.get("_last_log_lines") or follow_mod.last_log_lines(logs, job_name)
+        if lines:
+            print("last log lines:")
+            for line in lines:
+                print(f"  {line}")
+    return 1
+
+
+def run_command(argv: list[str]) -> int:
+    args = command_parser().parse_args(argv)
+    import boto3
+
+    region = region_of(args, dry_run=False)
+    boto = boto3.Session(region_name=region)
+    sm = boto.client("sagemaker")
+    if args.command == "status":
+        job = follow_mod.describe(sm, args.job)
+        print(follow_mod.status_line(job))
+        for line in follow_mod._transitions(job):
+            print(f"  {line}")
+        if job["TrainingJobStatus"] == "Completed":
+            metrics = follow_mod.read_metrics(boto.client("s3"), job)
+            if metrics:
+                print(follow_mod.rouge_table(metrics))
+            print(follow_mod.run_folder_uri(job))
+        return 0
+    if args.command == "logs":
+        if args.follow:
+            job = follow_mod.follow(sm, boto.client("logs"), args.job, out=print)
+            print(follow_mod.status_line(job))
+            return 0
+        follow_mod.describe(sm, args.job)  # a clear error for an unknown job
+        for line in follow_mod.LogTail(boto.client("logs"), args.job).new_lines():
+            print(line)
+        return 0
+    if args.command == "fetch":
+        job = follow_mod.describe(sm, args.job)
+        print(follow_mod.fetch(boto.client("s3"), job, args.to))
+        return 0
+    print(follow_mod.stop(sm, args.job))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        if argv and argv[0] in COMMANDS:
+            return run_command(argv)
+        args, extra = submit_parser().parse_known_args(argv)
+        try:
+            cfg = config_mod.resolve(args.config, extra)
+        except config_mod.ConfigError as e:
+            for problem in e.problems:
+                _err(problem)
+            return 2
+        problems, warnings = check(args, cfg)
+        for problem in problems:
+            _err(problem)
+        if problems:
+            return 2
+        for warning in warnings:
+            _note(f"warning: {warning}")
+        return dry_run(args, cfg) if args.dry_run else submit(args, cfg)
+    except LaunchError as e:
+        _err(str(e))
+        return 1
+    except NoCredentialsError:
+        _err("no AWS credentials: run `aws configure` or `aws sso login`, or set AWS_PROFILE (or use --dry-run)")
+        return 1
+    except ClientError as e:
+        error = e.response.get("Error", {})
+        _err(f"AWS refused {e.operation_name}: {error.get('Code')}: {error.get('Message')}")
+        return 1
+    except BotoCoreError as e:
+        _err(f"AWS: {e}")
+        return 1

@@ -1,0 +1,332 @@
+"""What a SageMaker training job of ours consists of: the plan built from the config and the command line, its
+hyperparameters, metric definitions, source folder and requirements, and the CreateTrainingJob request it becomes.
+
+`preview_request` writes the request as SageMaker will receive it, without AWS (for `--dry-run`);
+`model_trainer` builds the same job with SDK v3's ModelTrainer, which uploads the code and submits it. A test keeps
+the two identical. Imports no torch; the SageMaker SDK is imported only when a job is really built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from job import config as config_mod
+from job.config import Config
+
+PROJECT = "dialogsum-qlora"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOB_PACKAGE = REPO_ROOT / "job"
+
+# The Hugging Face PyTorch training DLC with transformers 5.x (the newest the SDK's table knows).
+DLC = {"version": "5.3.0", "base_framework_version": "pytorch2.9.0", "py_version": "py312"}
+
+CHANNEL_ROOT = PurePosixPath("/opt/ml/input/data")
+CHECKPOINT_DIR = "/opt/ml/checkpoints"
+CONFIG_FILE = "config.yaml"
+REQUIREMENTS_FILE = "requirements.txt"
+COMMAND = f"python3 -m job train --config {CONFIG_FILE}"
+SECRET_ENV = "HF_TOKEN_SECRET_ID"
+
+# Metric definitions: CloudWatch scrapes these from the job's `metrics: key=value ...` lines (job.logs.metrics_line
+# prints plain decimals). `\b` keeps `loss=` from matching inside `eval_loss=`.
+_METRIC_KEYS = {
+    "train:loss": "loss",
+    "train:learning_rate": "learning_rate",
+    "train:grad_norm": "grad_norm",
+    "eval:loss": "eval_loss",
+    **{
+        f"{who}:{m}": f"{who}_{m}" for who in ("base", "finetuned") for m in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    },
+}
+
+
+def metric_definitions() -> list[dict[str, str]]:
+    return [{"Name": name, "Regex": rf"metrics: .*\b{key}=([0-9.]+)"} for name, key in _METRIC_KEYS.items()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The config as hyperparameters
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def encode_value(value: Any) -> str:
+    """A config value as a hyperparameter string that the job's `parse_scalar` reads back to the same value."""
+    if isinstance(value, str) and config_mod.parse_scalar(value) == value:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and config_mod.parse_scalar(str(value)) == value:
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)  # JSON is YAML: lists, null, booleans and awkward strings
+
+
+def hyperparameters_for(cfg: Config) -> dict[str, str]:
+    """The resolved config as dotted-key hyperparameters: every value that differs from the defaults, so the job
+    rebuilds exactly this config from them alone (an image that only runs `train`) and the console shows what
+    this run changed."""
+    defaults = _flatten(Config().to_dict())
+    return {k: encode_value(v) for k, v in _flatten(cfg.to_dict()).items() if defaults.get(k) != v}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Source folder for the DLC: the job package, its requirements (the image keeps its torch), the resolved config
+
+
+def job_requirements() -> list[str]:
+    """pyproject's `job` extra without torch: the DLC's CUDA build of torch must stay."""
+    pyproject = REPO_ROOT / "pyproject.toml"
+    if pyproject.is_file() and sys.version_info >= (3, 11):
+        import tomllib
+
+        extra = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["optional-dependencies"]["job"]
+    else:  # an installed package: the same list from its metadata
+        from importlib import metadata
+
+        marker = re.compile(r";\s*extra\s*==\s*['\"]job['\"]")
+        extra = [marker.sub("", r).strip() for r in metadata.requires(PROJECT) or [] if marker.search(r)]
+    return [r for r in extra if re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0].lower() != "torch"]
+
+
+def stage_source(cfg: Config, folder: Path) -> Path:
+    """Write the code channel: `job/` (sources only), requirements.txt and the resolved config.yaml."""
+    shutil.copytree(JOB_PACKAGE, folder / "job", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (folder / REQUIREMENTS_FILE).write_text("\n".join(job_requirements()) + "\n", encoding="utf-8")
+    (folder / CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input channels for a local or S3 data set / model folder
+
+
+@dataclass
+class Channel:
+    name: str
+    source: str
+    """A local file or folder (uploaded once per content hash) or an s3:// URI (used as it is)."""
+    container_path: str
+    """What the config value becomes inside the container."""
+    s3_uri: str = ""
+    """Where the channel's data is in S3 (for local sources: <output>/inputs/<name>/<content hash>/)."""
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over relative names and bytes of a file or a folder's files: the same data is uploaded once."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        digest.update(str(f.relative_to(path.parent if path.is_file() else path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _channel(name: str, source: str, output: str) -> Channel:
+    if source.startswith("s3://"):
+        key = source.rstrip("/")
+        is_file = PurePosixPath(key).suffix != "" and not source.endswith("/")
+        inside = CHANNEL_ROOT / name / PurePosixPath(key).name if is_file else CHANNEL_ROOT / name
+        return Channel(name, source, str(inside), s3_uri=source)
+    path = Path(source).expanduser().resolve()
+    inside = CHANNEL_ROOT / name / path.name if path.is_file() else CHANNEL_ROOT / name
+    return Channel(name, str(path), str(inside), s3_uri=f"{output}/inputs/{name}/{content_hash(path)}/")
+
+
+def channels_for(cfg: Config, output: str) -> tuple[Config, list[Channel]]:
+    """Local or S3 data sets and model folders become input channels; the config then points inside the container."""
+    channels = []
+    data, model = cfg.data.dataset, cfg.model.name
+    if data.startswith("s3://") or (not data.startswith(("builtin:", "channel:")) and Path(data).expanduser().exists()):
+        channels.append(_channel("data", data, output))
+    if model.startswith("s3://") or (not model.startswith("builtin:") and Path(model).expanduser().is_dir()):
+        channels.append(_channel("model", model, output))
+    changes = {ch.name: ch.container_path for ch in channels}
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, dataset=changes.get("data", data)),
+        model=dataclasses.replace(cfg.model, name=changes.get("model", model)),
+    )
+    return cfg, channels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class Plan:
+    cfg: Config
+    """The config the job will run: output.uri, data and model already pointing where they are on SageMaker."""
+    config_name: str
+    region: str
+    instance_type: str
+    instance_count: int
+    image: str
+    own_image: bool
+    output: str
+    """s3://bucket/prefix under which inputs, checkpoints, SageMaker's output and the run folder go."""
+    role: str
+    base_job_name: str
+    spot: bool
+    max_run_s: int
+    max_wait_s: int | None
+    volume_gb: int
+    environment: dict[str, str] = field(default_factory=dict)
+    channels: list[Channel] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bucket(self) -> str:
+        return self.output.removeprefix("s3://").split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        return self.output.removeprefix("s3://").partition("/")[2].strip("/")
+
+    @property
+    def hyperparameters(self) -> dict[str, str]:
+        return hyperparameters_for(self.cfg)
+
+    @property
+    def jobs_uri(self) -> str:
+        return f"{self.output}/jobs"
+
+
+def base_job_name(name: str | None, cfg: Config) -> str:
+    """`--name` or `dialogsum-<config hash>`; SageMaker appends `-<yyyymmddHHMMSS>` to make the job name."""
+    base = name or f"dialogsum-{cfg.hash()}"
+    return re.sub(r"[^a-zA-Z0-9-]+", "-", base).strip("-")[:48]
+
+
+def default_image(region: str, instance_type: str) -> str:
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve("huggingface", region=region, instance_type=instance_type, image_scope="training", **DLC)
+
+
+def tags_for(cfg: Config, config_name: str) -> dict[str, str]:
+    """The project, the config it ran and its hash, and where the run folder (named after the job) lands."""
+    return {
+        "project": PROJECT,
+        "config": Path(config_name).name[:256],
+        "config-hash": cfg.hash(),
+        "runs": cfg.output.uri[:256],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The request: a preview without AWS, and the real thing through ModelTrainer
+
+
+def _s3_channel(name: str, uri: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+        },
+        "InputMode": "File",
+    }
+
+
+def preview_request(plan: Plan, job_name: str) -> dict[str, Any]:
+    """The CreateTrainingJob request ModelTrainer will send for this plan (with `job_name` as the job's name)."""
+    staging = f"{plan.output}/{plan.base_job_name}/{job_name}"
+    algorithm: dict[str, Any] = {
+        "TrainingInputMode": "File",
+        "TrainingImage": plan.image,
+        "MetricDefinitions": metric_definitions(),
+    }
+    channels = [_s3_channel(ch.name, ch.s3_uri) for ch in plan.channels]
+    if not plan.own_image:
+        from_sdk = "/opt/ml/input/data/sm_drivers/sm_train.sh"
+        algorithm["ContainerEntrypoint"] = ["/bin/bash"]
+        algorithm["ContainerArguments"] = ["-c", f"chmod +x {from_sdk} && {from_sdk}"]
+        channels += [
+            _s3_channel("code", f"{staging}/input/code"),
+            _s3_channel("sm_drivers", f"{staging}/input/sm_drivers"),
+        ]
+    request: dict[str, Any] = {
+        "TrainingJobName": job_name,
+        "HyperParameters": plan.hyperparameters,
+        "AlgorithmSpecification": algorithm,
+        "RoleArn": plan.role,
+        "InputDataConfig": channels,
+        "OutputDataConfig": {"S3OutputPath": plan.jobs_uri, "CompressionType": "NONE"},
+        "ResourceConfig": {
+            "InstanceType": plan.instance_type,
+            "InstanceCount": plan.instance_count,
+            "VolumeSizeInGB": plan.volume_gb,
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": plan.max_run_s}
+        | ({"MaxWaitTimeInSeconds": plan.max_wait_s} if plan.max_wait_s else {}),
+        "Tags": [{"Key": k, "Value": v} for k, v in plan.tags.items()],
+        "EnableManagedSpotTraining": plan.spot,
+    }
+    if plan.spot:
+        request["CheckpointConfig"] = {"S3Uri": f"{staging}/checkpoints", "LocalPath": CHECKPOINT_DIR}
+    if plan.environment:
+        request["Environment"] = dict(plan.environment)
+    return request
+
+
+def model_trainer(plan: Plan, session: Any, source_dir: Path | None):
+    """SDK v3's ModelTrainer for the plan. `session` is a sagemaker Session whose default bucket and prefix are the
+    plan's output, so the code, drivers and checkpoints land under it too."""
+    from sagemaker.core.training.configs import (
+        CheckpointConfig,
+        Compute,
+        InputData,
+        MetricDefinition,
+        OutputDataConfig,
+        SourceCode,
+        StoppingCondition,
+        Tag,
+    )
+    from sagemaker.train import ModelTrainer
+
+    source = None
+    if source_dir is not None:
+        source = SourceCode(source_dir=str(source_dir), requirements=REQUIREMENTS_FILE, command=COMMAND)
+    trainer = ModelTrainer(
+        sagemaker_session=session,
+        role=plan.role,
+        base_job_name=plan.base_job_name,
+        training_image=plan.image,
+        source_code=source,
+        compute=Compute(
+            instance_type=plan.instance_type,
+            instance_count=plan.instance_count,
+            volume_size_in_gb=plan.volume_gb,
+            enable_managed_spot_training=plan.spot,
+        ),
+        stopping_condition=StoppingCondition(
+            max_runtime_in_seconds=plan.max_run_s, max_wait_time_in_seconds=plan.max_wait_s
+        ),
+        # No S3 URI: the SDK makes one per job under the session's bucket and prefix, so a restarted spot job
+        # resumes from its own checkpoints and never from another run's.
+        checkpoint_config=CheckpointConfig(s3_uri=None, local_path=CHECKPOINT_DIR) if plan.spot else None,
+        output_data_config=OutputDataConfig(s3_output_path=plan.jobs_uri, compression_type="NONE"),
+        input_data_config=[InputData(channel_name=ch.name, data_source=ch.s3_uri) for ch in plan.channels] or None,
+        environment=dict(plan.environment),
+        hyperparameters=plan.hyperparameters,
+        tags=[Tag(key=k, value=v) for k, v in plan.tags.items()],
+    )
+    return trainer.with_metric_definitions(
+        [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()]
+    )
