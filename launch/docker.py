@@ -164,8 +164,6 @@ def gpu_args(engine: str) -> list[str]:
 
 def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> list[str]:
     """The full engine command for the parsed options."""
-    if args.command == "train":
-        validate_config(args.config, job_args)
     volumes, config, job_args = mount_inputs(args.config, job_args)
     if args.command == "train":
         job_args = output_args(job_args)
@@ -187,9 +185,12 @@ def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> l
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, rest = parser().parse_known_args(argv)
+    job_args = split_job_args(rest)
     try:
+        if args.command == "train":
+            validate_config(args.config, job_args)
         engine = choose_engine(args.engine, must_work=args.run)
-        cmd = run_command(args, split_job_args(rest), engine)
+        cmd = run_command(args, job_args, engine)
     except (LaunchError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
