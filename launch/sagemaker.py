@@ -477,9 +477,15 @@ def run_command(argv: list[str]) -> int:
     return 0
 
 
+def _expected_sdk_notes(record: logging.LogRecord) -> bool:
+    """Drop the SDK's note that hyperparameters are not command-line arguments: the job reads them from SM_HPS."""
+    return not str(record.msg).startswith("Hyperparameters are set but are not passed")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sagemaker.core.utils.utils").addFilter(_expected_sdk_notes)
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:

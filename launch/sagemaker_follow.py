@@ -110,7 +110,7 @@ def upload_channel(s3, source: Path, s3_uri: str) -> bool:
     """Upload a local file or folder to `s3_uri` (a prefix named after its content hash) unless an earlier launch
     did; a `.complete` marker written last says the upload finished. Returns True when it uploaded."""
     bucket, prefix = split_s3(s3_uri)
-    marker = f"{prefix}.complete"
+    marker = f"{prefix.rstrip('/')}.complete"  # beside the channel's prefix, so the job never sees it
     try:
         s3.head_object(Bucket=bucket, Key=marker)
         return False
