@@ -44,6 +44,7 @@ class HubStandIn:
     requests: list[tuple[str, str]] = field(default_factory=list)
     fail_commits: int = 0
     fail_status: int = 503
+    echo_authorization: bool = False  # a careless server that quotes the request's credentials in its errors
 
     def start(self) -> ThreadingHTTPServer:
         stand_in = self
@@ -77,7 +78,8 @@ class HubStandIn:
                 if path.endswith("/commit/main"):
                     if stand_in.fail_commits:
                         stand_in.fail_commits -= 1
-                        return self._json(stand_in.fail_status, {"error": "injected"})
+                        echo = f" for {self.headers.get('Authorization')}" if stand_in.echo_authorization else ""
+                        return self._json(stand_in.fail_status, {"error": "injected" + echo})
                     return self._commit(path.removeprefix("/api/models/").removesuffix("/commit/main"), body)
                 return self._json(404, {"error": f"no such endpoint {path}"})
 

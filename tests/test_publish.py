@@ -347,3 +347,31 @@ def test_bad_destination_is_one_clear_line(tmp_path):
     assert result.returncode == OutputError.exit_code
     assert "publish to s3://bucket/prefix or hf://owner/repo" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_train_delivers_to_s3_and_a_failed_delivery_is_finished_by_publish(tmp_path, s3, proxy):
+    """The job end to end: a run lands under <uri>/<run_name>/ with the manifest last; a second run, whose upload
+    is refused half way, exits non-zero with its local copy complete, and the printed command finishes it."""
+    uri = f"s3://{BUCKET}/experiments"
+    common = ["train", "--config", "test", f"output.uri={uri}", f"output.local_dir={tmp_path / 'local'}"]
+
+    first = cli(*common, "output.run_name=first", "output.merge=true", endpoint=proxy.url)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = Path(first.stdout.strip().splitlines()[-1])
+    assert run == tmp_path / "local" / "first"
+    assert_landed(s3, proxy, run, "experiments/first/")
+    assert "merged/model.safetensors" in s3_objects(s3, "experiments/first/")
+
+    proxy.faults.append(Fault("PUT", "/experiments/second/report.md", status=403, code="AccessDenied"))
+    second = cli(*common, "output.run_name=second", endpoint=proxy.url)
+    assert second.returncode == PublishError.exit_code
+    assert rundir.verify(tmp_path / "local" / "second") == []
+    assert "manifest.json" not in s3_objects(s3, "experiments/second/")
+    command = re.search(r"finish with: (python -m job publish .+)$", second.stderr, re.M).group(1)
+
+    proxy.faults.clear()
+    finished = cli(*command.split()[3:], endpoint=proxy.url)
+    assert finished.returncode == 0, finished.stderr
+    assert_landed(s3, proxy, tmp_path / "local" / "second", "experiments/second/")
+    assert_landed(s3, proxy, run, "experiments/first/")  # the first run is untouched
