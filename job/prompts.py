@@ -1,0 +1,100 @@
+"""Prompt rendering and training-example tokenization: one function for each, used by training, evaluation and
+`predict` alike, so a prompt is built exactly one way."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from job.config import DataConfig
+
+PLACEHOLDER = "{dialogue}"
+
+
+def uses_chat_template(tokenizer, cfg: DataConfig) -> bool:
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if cfg.chat_template == "always" and not has:
+        raise ValueError("data.chat_template=always but the tokenizer has no chat template")
+    return has and cfg.chat_template != "never"
+
+
+def render_prompt(tokenizer, cfg: DataConfig, dialogue: str) -> str:
+    """The text the model sees before its summary. Chat templates get a fixed date (Llama-3.x's template prints
+    today's date otherwise, so the same config would train and score on different prompts on different days)."""
+    user = cfg.prompt_template.replace(PLACEHOLDER, dialogue)
+    if not uses_chat_template(tokenizer, cfg):
+        return user
+    messages = []
+    if cfg.system_prompt:
+        messages.append({"role": "system", "content": cfg.system_prompt})
+    messages.append({"role": "user", "content": user})
+    return tokenizer.apply_chat_template(
+        messages,
+        tokenize=False,
+        add_generation_prompt=True,
+        date_string=cfg.template_date,
+        strftime_now=lambda fmt: cfg.template_date,
+    )
+
+
+def prompt_sha256(tokenizer, cfg: DataConfig) -> str:
+    """Fingerprint of the rendered template (with the placeholder in place of a dialogue)."""
+    return hashlib.sha256(render_prompt(tokenizer, cfg, PLACEHOLDER).encode()).hexdigest()
+
+
+def target_text(tokenizer, cfg: DataConfig, summary: str) -> str:
+    """What follows the prompt: a space then the summary for plain prompts; the bare summary after a chat header."""
+    return summary if uses_chat_template(tokenizer, cfg) else " " + summary
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def encode_example(tokenizer, cfg: DataConfig, dialogue: str, summary: str) -> Encoded:
+    """Token ids and labels for one training example: prompt labels are -100, the summary and EOS are learned.
+
+    Over-long examples lose dialogue tokens from the end of the dialogue, never summary tokens (the summary is only
+    capped at data.max_summary_tokens); the prompt's own framing is kept.
+    """
+    eos = tokenizer.eos_token_id
+    target = tokenizer(target_text(tokenizer, cfg, summary), add_special_tokens=False)["input_ids"]
+    target = target[: cfg.max_summary_tokens - 1] + [eos]
+    prompt = _prompt_ids(tokenizer, cfg, dialogue)
+    truncated = False
+    budget = cfg.max_length - len(target)
+    if len(prompt) > budget:
+        truncated = True
+        dialogue_ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
+        keep = max(0, len(dialogue_ids) - (len(prompt) - budget))
+        while True:  # decoding and re-encoding can shift a token or two; shrink until it fits
+            cut = tokenizer.decode(dialogue_ids[:keep], skip_special_tokens=True)
+            prompt = _prompt_ids(tokenizer, cfg, cut)
+            if len(prompt) <= budget or keep == 0:
+                break
+            keep = max(0, keep - max(1, len(prompt) - budget))
+        if len(prompt) > budget:
+            raise ValueError(
+                f"data.max_length={cfg.max_length} leaves no room for the prompt itself ({len(prompt)} tokens without "
+                f"any dialogue + {len(target)} summary tokens); raise data.max_length"
+            )
+    return Encoded(input_ids=prompt + target, labels=[-100] * len(prompt) + target, truncated=truncated)
+
+
+def _prompt_ids(tokenizer, cfg: DataConfig, dialogue: str) -> list[int]:
+    text = render_prompt(tokenizer, cfg, dialogue)
+    # chat templates already contain the BOS token as text
+    return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, cfg))["input_ids"]
+
+
+def prompt_ids_for_generation(tokenizer, cfg: DataConfig, dialogue: str, max_prompt_tokens: int) -> list[int]:
+    """Prompt token ids for generation, cut on the dialogue side like training examples when too long."""
+    ids = _prompt_ids(tokenizer, cfg, dialogue)
+    if len(ids) <= max_prompt_tokens:
+        return ids
+    sub = DataConfig(**{**cfg.__dict__, "max_length": max_prompt_tokens + 1, "max_summary_tokens": 1})
+    enc = encode_example(tokenizer, sub, dialogue, "")
+    return enc.input_ids[:-1]

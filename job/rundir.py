@@ -1,0 +1,139 @@
+"""The run folder: `<parent>/<run_name>`, complete once `manifest.json` (written last) exists, never written again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform as platform_mod
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from job import runtime
+from job.config import Config
+from job.errors import OutputError
+
+MANIFEST = "manifest.json"
+VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "rouge-score", "dialogsum-qlora")
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("s3://", "hf://"))
+
+
+def local_parent(cfg: Config) -> Path:
+    """Where the complete run folder is written: SageMaker's model folder on SageMaker; the URI itself when it is a
+    local folder; `output.local_dir` (or /kaggle/working/runs on Kaggle, ./runs elsewhere) before an upload."""
+    model_dir = runtime.model_dir()
+    if model_dir is not None:
+        return model_dir
+    if not is_remote(cfg.output.uri):
+        return Path(cfg.output.uri.removeprefix("file://")).expanduser()
+    if cfg.output.local_dir:
+        return Path(cfg.output.local_dir).expanduser()
+    if runtime.platform() == "kaggle":
+        return runtime.KAGGLE_WORKING / "runs"
+    return Path("runs")
+
+
+def is_complete(run_dir: Path) -> bool:
+    return (run_dir / MANIFEST).is_file()
+
+
+def prepare(cfg: Config) -> Path:
+    """Create (or reopen, to resume) the run folder; a complete one is an error, never overwritten."""
+    parent = local_parent(cfg)
+    run_dir = (parent / cfg.output.run_name).resolve()  # type: ignore[operator]
+    if is_complete(run_dir):
+        raise OutputError(
+            f"run folder {run_dir} is complete (it holds {MANIFEST}) and is never written again; choose another "
+            f"output.run_name or leave it unset for a fresh one"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write the run folder {run_dir}: {e.strerror or e}; check output.uri and permissions") from None
+    return run_dir
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform_mod.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_manifest(run_dir: Path, cfg: Config, started_at: str, extra: dict[str, Any] | None = None) -> Path:
+    """List every file with size and sha256, then write manifest.json: the run is complete from this moment."""
+    files = []
+    for path in sorted(run_dir.rglob("*")):
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+            files.append({"path": path.relative_to(run_dir).as_posix(), "size": path.stat().st_size,
+                          "sha256": sha256(path)})
+    manifest = {
+        "run_name": run_dir.name,
+        "config_hash": cfg.hash(),
+        "seed": cfg.train.seed,
+        "started_at": started_at,
+        "finished_at": now(),
+        "platform": runtime.platform(),
+        "versions": versions(),
+        "files": files,
+        **(extra or {}),
+    }
+    write_json(run_dir / MANIFEST, manifest)
+    return run_dir / MANIFEST
+
+
+def verify(run_dir: Path) -> list[str]:
+    """Problems with a run folder against its manifest (empty when intact)."""
+    if not is_complete(run_dir):
+        return [f"{run_dir} has no {MANIFEST}: the run did not finish"]
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    problems = []
+    for entry in manifest["files"]:
+        path = run_dir / entry["path"]
+        if not path.is_file():
+            problems.append(f"missing {entry['path']}")
+        elif path.stat().st_size != entry["size"] or sha256(path) != entry["sha256"]:
+            problems.append(f"changed {entry['path']}")
+    return problems

@@ -1,0 +1,349 @@
+"""Training with transformers' Trainer: tokenized examples with summary-only labels, padding-free packing or
+length-grouped batches, `metrics:` log lines, TensorBoard in the run folder, checkpoints marked complete, resume,
+and a checkpoint on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from job import logs, prompts
+from job.config import Config
+from job.errors import ResourceError, TrainingError
+from job.modeling import Hardware
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "checkpoint-complete.json"
+
+
+@dataclass
+class TrainResult:
+    loss: float | None
+    eval_loss: float | None
+    steps: int
+    epochs: float
+    seconds: float
+    tokens_per_second: float
+    padding_fraction: float
+    peak_memory_mb: float
+    history: list[dict] = field(default_factory=list)
+    resumed_from: str | None = None
+    truncated_examples: int = 0
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived during training; a checkpoint was saved."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def tokenize(ds, tokenizer, cfg: Config, desc: str):
+    """Tokenized examples with `input_ids`, `labels` and `length`; returns (dataset, number truncated)."""
+
+    def encode(row):
+        enc = prompts.encode_example(tokenizer, cfg.data, row["dialogue"], row["summary"])
+        return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
+                "truncated": enc.truncated}
+
+    out = ds.map(encode, remove_columns=ds.column_names, desc=desc)
+    truncated = int(sum(out["truncated"]))
+    if truncated:
+        log.warning("%s: %d of %d examples were longer than data.max_length=%d; their dialogues were cut (never "
+                    "the summary)", desc, truncated, len(out), cfg.data.max_length)
+    return out.remove_columns("truncated"), truncated
+
+
+def packing_mode(cfg: Config, hw: Hardware, attn: str) -> str:
+    """Padding-free packing needs an attention kernel that keeps packed examples apart: flash attention on a GPU,
+    or SDPA/eager on the CPU with the cache off. Elsewhere (a T4 without flash attention) group by length."""
+    if cfg.train.packing != "auto":
+        return cfg.train.packing
+    if attn == "flash_attention_2" or hw.device == "cpu":
+        return "padding_free"
+    return "group_by_length"
+
+
+class CountingCollator:
+    """Wraps a collator and counts real and padded tokens fed to the model (for padding_fraction)."""
+
+    def __init__(self, inner, pad_id: int | None):
+        self.inner = inner
+        self.pad_id = pad_id
+        self.real = 0
+        self.total = 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.real += sum(len(f["input_ids"]) for f in features)
+        self.total += batch["input_ids"].numel()
+        return batch
+
+
+def make_collator(mode: str, tokenizer):
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if mode == "padding_free":
+        inner = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    else:
+        inner = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    return CountingCollator(inner, tokenizer.pad_token_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints marked complete, newest first (a half-written one has no marker and is never loaded)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        step = path.name.rsplit("-", 1)[-1]
+        if step.isdigit() and (path / COMPLETE_MARKER).is_file():
+            found.append((int(step), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def checkpoint_loadable(path: Path) -> bool:
+    """The files a resume reads exist and the adapter weights parse."""
+    from safetensors import safe_open
+
+    needed = ["trainer_state.json", "optimizer.pt", "scheduler.pt"]
+    if any(not (path / f).is_file() for f in needed):
+        return False
+    weights = list(path.glob("*.safetensors"))
+    if not weights:
+        return False
+    try:
+        for w in weights:
+            with safe_open(str(w), framework="pt") as f:
+                for key in f.keys():
+                    f.get_tensor(key)
+        import json
+
+        json.loads((path / "trainer_state.json").read_text())
+    except Exception:
+        return False
+    return True
+
+
+def resume_point(folder: Path) -> Path | None:
+    for path in complete_checkpoints(folder):
+        if checkpoint_loadable(path):
+            return path
+        log.warning("checkpoint %s is marked complete but cannot be read; trying an older one", path)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Callbacks
+
+
+def _callbacks(run_dir: Path):
+    from transformers import TrainerCallback
+
+    class MetricsLines(TrainerCallback):
+        """`metrics:` lines for consoles and SageMaker metric definitions; stops on a non-finite loss."""
+
+        def on_log(self, args, state, control, logs_=None, **kwargs):
+            values = kwargs.get("logs") or logs_ or {}
+            if "loss" in values:
+                loss = float(values["loss"])
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"the training loss became {loss} at step {state.global_step}; lower train.learning_rate "
+                        f"(now {args.learning_rate}) or use fp32 compute (model.compute_dtype=float32) on GPUs "
+                        f"without bf16"
+                    )
+                logs.emit_metrics({"step": state.global_step, "loss": loss,
+                                   "learning_rate": values.get("learning_rate"),
+                                   "grad_norm": values.get("grad_norm")})
+            if "eval_loss" in values:
+                logs.emit_metrics({"step": state.global_step, "eval_loss": float(values["eval_loss"])})
+
+    class MarkComplete(TrainerCallback):
+        """A checkpoint is only complete once the Trainer has written all of it."""
+
+        def on_save(self, args, state, control, **kwargs):
+            import json
+
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if path.is_dir():
+                (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+                log.info("checkpoint saved: %s", path)
+
+    class StopOnSigterm(TrainerCallback):
+        """SageMaker (spot interruption, StopTrainingJob) and `docker stop` send SIGTERM, then SIGKILL after a grace
+        period: save a checkpoint at the end of the current step and stop."""
+
+        def __init__(self):
+            self.requested = False
+            self.previous = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            def handler(signum, frame):
+                log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
+                self.requested = True
+
+            self.previous = signal.signal(signal.SIGTERM, handler)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.previous is not None:
+                signal.signal(signal.SIGTERM, self.previous)
+
+    return MetricsLines(), MarkComplete(), StopOnSigterm()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def _steps(cfg: Config, n_train: int) -> tuple[int, int, int]:
+    """(total optimizer steps, eval interval, save interval); save is a multiple of eval for best-model tracking."""
+    per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(n_train / per_step * cfg.train.epochs)
+    eval_every = cfg.train.eval_steps or max(1, total // 4)
+    save_every = cfg.train.save_steps or eval_every
+    if cfg.train.best_by_eval_loss and save_every % eval_every:
+        save_every = max(eval_every, (save_every // eval_every) * eval_every)
+    return total, eval_every, save_every
+
+
+def optimizer_name(cfg: Config, hw: Hardware) -> str:
+    if cfg.train.optimizer != "auto":
+        return cfg.train.optimizer
+    return "paged_adamw_8bit" if (hw.device == "cuda" and cfg.method == "qlora") else "adamw_torch"
+
+
+def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, checkpoint_dir: Path, attn: str):
+    from transformers import Trainer, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    train_ds, truncated = tokenize(splits["train"], tokenizer, cfg, "tokenizing train")
+    eval_ds = None
+    if "validation" in splits:
+        eval_ds, _ = tokenize(splits["validation"], tokenizer, cfg, "tokenizing validation")
+    mode = packing_mode(cfg, hw, attn)
+    collator = make_collator(mode, tokenizer)
+    total, eval_every, save_every = _steps(cfg, len(train_ds))
+    log.info("batches: %s; %d optimizer steps; effective batch %d (batch_size %d x accumulation %d)", mode, total,
+             cfg.train.batch_size * cfg.train.gradient_accumulation_steps, cfg.train.batch_size,
+             cfg.train.gradient_accumulation_steps)
+    model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=cfg.train.batch_size,
+        per_device_eval_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        num_train_epochs=cfg.train.epochs,
+        max_steps=total,
+        learning_rate=cfg.train.learning_rate,
+        lr_scheduler_type=cfg.train.lr_scheduler,
+        warmup_steps=cfg.train.warmup_ratio,
+        weight_decay=cfg.train.weight_decay,
+        max_grad_norm=cfg.train.max_grad_norm,
+        optim=optimizer_name(cfg, hw),
+        bf16=hw.device == "cuda" and hw.compute_dtype == torch.bfloat16,
+        fp16=hw.device == "cuda" and hw.compute_dtype == torch.float16,
+        use_cpu=hw.device == "cpu",
+        logging_steps=cfg.train.logging_steps,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=save_every,
+        save_total_limit=cfg.train.save_total_limit,
+        load_best_model_at_end=cfg.train.best_by_eval_loss and eval_ds is not None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        train_sampling_strategy="group_by_length" if mode == "group_by_length" else "random",
+        length_column_name="length",
+        remove_unused_columns=False,
+        gradient_checkpointing=False,  # already enabled on the model before LoRA was attached
+        report_to="none",
+        seed=cfg.train.seed,
+        data_seed=cfg.train.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    metrics_cb, complete_cb, sigterm_cb = _callbacks(run_dir)
+    columns = ["input_ids", "labels"]
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds.select_columns(columns + (["length"] if mode == "group_by_length" else [])),
+        eval_dataset=eval_ds.select_columns(columns) if eval_ds is not None else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[TensorBoardCallback(tb_writer=writer), metrics_cb, complete_cb, sigterm_cb],
+    )
+    resume = resume_point(checkpoint_dir)
+    if resume is not None:
+        log.info("resuming from checkpoint %s", resume)
+    if hw.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.cuda.OutOfMemoryError:
+        raise ResourceError(
+            f"the GPU ({hw.name}) ran out of memory while training; lower train.batch_size (now "
+            f"{cfg.train.batch_size}, raise train.gradient_accumulation_steps to keep the effective batch) or "
+            f"data.max_length (now {cfg.data.max_length}), or keep train.gradient_checkpointing=true. The newest "
+            f"checkpoint in {checkpoint_dir} is kept."
+        ) from None
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - start
+    if sigterm_cb.requested:
+        raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}")
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    best_eval = trainer.state.best_metric if trainer.state.best_metric is not None else (eval_losses[-1] if eval_losses else None)
+    real = collator.real
+    return trainer, TrainResult(
+        loss=float(output.training_loss) if losses else None,
+        eval_loss=float(best_eval) if best_eval is not None else None,
+        steps=trainer.state.global_step,
+        epochs=float(trainer.state.epoch or 0.0),
+        seconds=seconds,
+        tokens_per_second=real / seconds if seconds > 0 else 0.0,
+        padding_fraction=1 - real / collator.total if collator.total else 0.0,
+        peak_memory_mb=peak_memory_mb(hw),
+        history=history,
+        resumed_from=str(resume) if resume else None,
+        truncated_examples=truncated,
+    )
+
+
+def peak_memory_mb(hw: Hardware) -> float:
+    if hw.device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def remove_checkpoints(checkpoint_dir: Path, run_dir: Path) -> None:
+    """Drop the checkpoints of a finished run when they live inside it (the adapter is saved)."""
+    if checkpoint_dir.is_dir() and run_dir in checkpoint_dir.parents:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
