@@ -20,7 +20,7 @@ from test_publish import REPO, make_run
 
 from job import config as config_mod
 from job import hub, publish
-from job.errors import PublishError
+from job.errors import AuthError, PublishError
 
 TOKEN = "hf_hubTestToken0123456789abcdefgh"
 
@@ -54,6 +54,17 @@ class HubStandIn:
 
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                stand_in.requests.append(("GET", path))
+                if path != "/api/whoami-v2":
+                    return self._json(404, {"error": f"no such endpoint {path}"})
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                if token.startswith("hf_invalid"):
+                    return self._json(401, {"error": "Invalid credentials in Authorization header"})
+                role = "read" if token.startswith("hf_read") else "write"
+                return self._json(200, {"type": "user", "name": "alice", "auth": {"accessToken": {"role": role}}})
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -262,3 +273,20 @@ def test_publish_cli_to_the_hub(tmp_path, stand_in):
     assert stand_in.commits[0].repo == "team/cli-repo"
     assert "from environment variable HF_TOKEN" in result.stderr
     assert TOKEN not in result.stdout + result.stderr
+
+
+def hub_check(monkeypatch, token: str) -> None:
+    monkeypatch.setenv("HF_TOKEN", token)
+    publish.check_destination(config_mod.resolve("test", ["output.uri=hf://team/repo", "output.run_name=r"]))
+
+
+def test_hub_destination_is_checked_before_training(stand_in, monkeypatch, tmp_path):
+    hub_check(monkeypatch, "hf_write0000000000000")
+    with pytest.raises(AuthError, match="token of alice is read-only; publishing to hf://team/repo needs a write"):
+        hub_check(monkeypatch, "hf_read00000000000000")
+    with pytest.raises(AuthError, match="token is invalid or expired"):
+        hub_check(monkeypatch, "hf_invalid00000000000")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(AuthError, match="needs a Hugging Face token with write access: set HF_TOKEN"):
+        hub_check(monkeypatch, "")
+    assert [p for m, p in stand_in.requests if m == "POST"] == []  # nothing created by a check

@@ -23,7 +23,7 @@ from moto.server import ThreadedMotoServer
 
 from job import config as config_mod
 from job import publish, rundir
-from job.errors import OutputError, PublishError
+from job.errors import AuthError, OutputError, PublishError
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "results"
@@ -272,7 +272,7 @@ def test_a_prefix_that_holds_a_manifest_is_never_written_again(tmp_path, s3, pro
     again = cli("publish", str(run), "--to", f"s3://{BUCKET}/runs", endpoint=proxy.url)
     assert again.returncode == OutputError.exit_code
     assert f"s3://{BUCKET}/runs/run-a/manifest.json exists" in again.stderr
-    assert [m for m, _, _ in proxy.requests[before:]] == ["HEAD"]  # looked, wrote nothing
+    assert {m for m, _, _ in proxy.requests[before:]} == {"HEAD"}  # looked, wrote nothing
 
 
 def test_transient_errors_are_retried(tmp_path, s3, proxy):
@@ -375,3 +375,32 @@ def test_train_delivers_to_s3_and_a_failed_delivery_is_finished_by_publish(tmp_p
     assert finished.returncode == 0, finished.stderr
     assert_landed(s3, proxy, tmp_path / "local" / "second", "experiments/second/")
     assert_landed(s3, proxy, run, "experiments/first/")  # the first run is untouched
+
+
+def test_destination_is_checked_before_training(tmp_path, s3, proxy, monkeypatch):
+    def check(uri: str, run_name: str = "next-run") -> None:
+        publish.check_destination(config_mod.resolve("test", [f"output.uri={uri}", f"output.run_name={run_name}"]))
+
+    check(f"s3://{BUCKET}/runs")
+    with pytest.raises(OutputError, match="bucket no-such-bucket does not exist; create it or fix output.uri"):
+        check("s3://no-such-bucket/runs")
+    publish.deliver(make_run(tmp_path, "done"), config_mod.resolve("test", [f"output.uri=s3://{BUCKET}/runs"]))
+    with pytest.raises(OutputError, match=f"s3://{BUCKET}/runs/done/manifest.json exists"):
+        check(f"s3://{BUCKET}/runs", "done")
+    proxy.faults.append(Fault("HEAD", f"/{BUCKET}", status=403, code="AccessDenied"))
+    with pytest.raises(AuthError, match=f"no access to bucket {BUCKET}: .* needs s3:ListBucket"):
+        check(f"s3://{BUCKET}/runs")
+    assert not [r for r in proxy.requests if r[0] in ("PUT", "POST") and "next-run" in r[1]]
+
+
+def test_destination_check_without_aws_credentials(tmp_path, monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # forget credentials an earlier test's session resolved
+    cfg = config_mod.resolve("test", ["output.uri=s3://bucket/runs", "output.run_name=r"])
+    with pytest.raises(AuthError, match="no AWS credentials to write s3://bucket/runs: run with an IAM role"):
+        publish.check_destination(cfg)
