@@ -622,3 +622,118 @@ def test_stop_with_stubber() -> None:
         assert "stopping" in follow.stop(sm, NAME)
         stub.add_response("describe_training_job", _job("Completed", "Completed", TRAINING))
         assert "already ended: Completed" in follow.stop(sm, NAME)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# End to end: launch, run the code channel as SageMaker would, follow the results back
+
+
+@pytest.fixture
+def moto_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """moto's server on 127.0.0.1, so the job (a subprocess) and the launcher share one S3 and SageMaker."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "SAGEMAKER_VALIDATE_ROLE": "false",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    captured: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        botocore.handlers,
+        "BUILTIN_HANDLERS",
+        [
+            *botocore.handlers.BUILTIN_HANDLERS,
+            ("provide-client-params.sagemaker.CreateTrainingJob", lambda params, **_: captured.append(dict(params))),
+            (
+                "before-call.service-quotas.ListServiceQuotas",
+                lambda **_: (AWSResponse("q", 200, {}, None), {"Quotas": []}),
+            ),
+        ],
+    )
+    session = boto3.Session(region_name=REGION)
+    session.client("s3").create_bucket(Bucket=BUCKET)
+    trust = {
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ]
+    }
+    session.client("iam").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
+    yield {"env": env, "requests": captured, "session": session}
+    server.stop()
+
+
+def _download_prefix(session: boto3.Session, uri: str, to: Path) -> None:
+    bucket, prefix = follow.split_s3(uri.rstrip("/") + "/")
+    s3 = session.client("s3")
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+        dest = to / obj["Key"][len(prefix) :]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, obj["Key"], str(dest))
+
+
+@pytest.mark.slow
+def test_launch_run_like_sagemaker_and_fetch(moto_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The launched code channel runs the real job (test preset) the way the DLC's driver does: in the code folder,
+    `python3 -m job train --config config.yaml`, with SM_HPS, TRAINING_JOB_NAME and SM_MODEL_DIR set. The only
+    difference from SageMaker: checkpoints go to a temp folder, not /opt/ml/checkpoints. The run publishes to moto
+    S3; `status` and `fetch` read it back, and every metric definition matches the job's real stdout."""
+    argv = ["--config", "test", "--instance", "ml.g4dn.xlarge", "--region", REGION, "--role", ROLE_ARN,
+            "--output", f"s3://{BUCKET}/e2e", "--no-wait"]  # fmt: skip
+    assert sm_cli.main(argv) == 0
+    (sent,) = moto_server["requests"]
+    job_name = sent["TrainingJobName"]
+    capsys.readouterr()
+
+    code = tmp_path / "code"
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in sent["InputDataConfig"]}
+    _download_prefix(moto_server["session"], channels["code"], code)
+    hps = dict(sent["HyperParameters"], **{"train.checkpoint_dir": str(tmp_path / "checkpoints")})
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SM_", "TRAINING_JOB"))},
+        **moto_server["env"],
+        "SM_HPS": json.dumps(hps),
+        "TRAINING_JOB_NAME": job_name,
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+        "PYTHONPATH": "",
+    }
+    done = subprocess.run(
+        req.COMMAND.replace("python3", sys.executable).split(),
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].endswith(job_name)
+
+    # Every metric definition matches the job's real lines; the final ROUGE values are metrics.json's.
+    lines = [line for line in done.stdout.splitlines() if line.startswith("metrics: ")]
+    for metric in req.metric_definitions():
+        assert any(re.search(metric["Regex"], line) for line in lines), metric["Name"]
+
+    assert sm_cli.main(["status", job_name, "--region", REGION]) == 0
+    status = capsys.readouterr().out
+    assert f"{job_name}: Completed" in status and "rougeLsum" in status
+    assert status.rstrip().endswith(f"s3://{BUCKET}/e2e/runs/{job_name}/")
+
+    assert sm_cli.main(["fetch", job_name, "--to", str(tmp_path / "fetched"), "--region", REGION]) == 0
+    run = tmp_path / "fetched" / job_name
+    metrics = json.loads((run / "metrics.json").read_text())
+    final = next(line for line in lines if "finetuned_rouge1=" in line)
+    assert float(_match("finetuned:rouge1", final)) == pytest.approx(metrics["finetuned"]["rouge1"], abs=1e-6)
+    for name in ("adapter", "metrics.json", "predictions.jsonl", "report.md", "config.yaml", "manifest.json"):
+        assert (run / name).exists(), name
+    ran = config.resolve(str(run / "config.yaml"))
+    assert ran.output.uri == f"s3://{BUCKET}/e2e/runs" and ran.train.max_steps == 12
