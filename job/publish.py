@@ -91,7 +91,7 @@ def _recovery(run_dir: Path, uri: str, error: Exception) -> str:
     command = f"python -m job publish {shlex.quote(str(run_dir.resolve()))} --to {shlex.quote(uri)}"
     reason = " ".join(str(error).split()) or error.__class__.__name__
     return (
-        f"publishing to {uri} failed after retries: {error.__class__.__name__}: {reason[:500]}. "
+        f"publishing to {uri} failed: {error.__class__.__name__}: {reason[:500]}. "
         f"The complete run is at {run_dir.resolve()} and nothing uploaded was deleted; "
         f"fix the cause, then finish with: {command}"
     )
