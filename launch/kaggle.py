@@ -403,11 +403,12 @@ def follow(
     version: int | None,
     out: Path,
     poll_interval: float = 30.0,
-    max_interval: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Poll until the version ends, printing each status change; fetch on COMPLETE, show the log tail on ERROR."""
+    """Poll until the version ends, printing each status change; fetch on COMPLETE, show the log tail on ERROR.
+    The interval grows from poll_interval to twice that (Kaggle's rate limits are unpublished)."""
     last, interval, started = None, poll_interval, time.monotonic()
+    max_interval = 2 * poll_interval
     where = f"{kernel.ref}" + (f" version {version}" if version else "")
     while True:
         try:
@@ -425,7 +426,7 @@ def follow(
         if status in TERMINAL:
             return finish(api, kernel, version, status, failure, out)
         sleep(interval)
-        interval = min(max_interval, interval * 1.5)  # Kaggle's rate limits are unpublished: back off
+        interval = min(max_interval, interval * 1.5)
 
 
 def transient(e: Exception) -> bool:
