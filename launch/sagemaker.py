@@ -316,9 +316,10 @@ def console_url(region: str, job_name: str) -> str:
 def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     region = region_of(args, dry_run=True)
     output = (args.output or f"s3://sagemaker-{region}-<ACCOUNT_ID>/{DEFAULT_PREFIX}").rstrip("/")
-    role = (
-        args.role if args.role and args.role.startswith("arn:") else "<execution role: --role, else the SDK's default>"
-    )
+    if args.role:
+        role = args.role if args.role.startswith("arn:") else f"arn:aws:iam::<ACCOUNT_ID>:role/{args.role}"
+    else:
+        role = "<execution role: the SDK's default resolution (pass --role to choose)>"
     plan = make_plan(args, cfg, region, output, role)
     job_name = f"{plan.base_job_name}-<yyyymmddHHMMSS>"
     request = req.preview_request(plan, job_name)
@@ -459,6 +460,12 @@ def run_command(argv: list[str]) -> int:
             if metrics:
                 print(follow_mod.rouge_table(metrics))
             print(follow_mod.run_folder_uri(job))
+        elif job["TrainingJobStatus"] == "Failed":
+            lines = follow_mod.last_log_lines(boto.client("logs"), args.job)
+            if lines:
+                print("last log lines:")
+                for line in lines:
+                    print(f"  {line}")
         return 0
     if args.command == "logs":
         if args.follow:
@@ -509,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as e:
         _err(str(e))
         return 1
+    except KeyboardInterrupt:
+        _note("stopped following; the job goes on (`status JOB` shows it, `stop JOB` stops it)")
+        return 130
     except NoCredentialsError:
         _err("no AWS credentials: run `aws configure` or `aws sso login`, or set AWS_PROFILE (or use --dry-run)")
         return 1
