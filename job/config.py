@@ -236,7 +236,7 @@ def presets() -> dict[str, str]:
 def read_yaml(name_or_path: str) -> dict[str, Any]:
     """Load a preset by name or a YAML file by path into a plain dict."""
     path = Path(name_or_path)
-    if not path.suffix and name_or_path in presets():
+    if name_or_path in presets() and not path.is_file():
         text = resources.files("job.presets").joinpath(f"{name_or_path}.yaml").read_text()
         source = f"preset {name_or_path!r}"
     elif path.is_file():
@@ -246,9 +246,7 @@ def read_yaml(name_or_path: str) -> dict[str, Any]:
             raise ConfigError([f"cannot read config file {path}: {e}"]) from None
         source = str(path)
     else:
-        raise ConfigError(
-            [f"config {name_or_path!r} is neither a file nor a preset (presets: {', '.join(presets())})"]
-        )
+        raise ConfigError([f"config {name_or_path!r} is neither a file nor a preset (presets: {', '.join(presets())})"])
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -447,7 +445,9 @@ def _check_values(cfg: Config) -> list[str]:
         p.append("eval.max_new_tokens, eval.batch_size and eval.bootstrap_samples must be >= 1")
     scheme = cfg.output.uri.split("://", 1)[0] if "://" in cfg.output.uri else ""
     if scheme not in ("", "s3", "hf", "file"):
-        p.append(f"output.uri {cfg.output.uri!r}: unknown scheme {scheme}://; use a local folder, s3://bucket/prefix or hf://owner/repo")
+        p.append(
+            f"output.uri {cfg.output.uri!r}: unknown scheme {scheme}://; use a local folder, s3://bucket/prefix or hf://owner/repo"
+        )
     elif scheme == "s3" and not cfg.output.uri[5:].split("/", 1)[0]:
         p.append(f"output.uri {cfg.output.uri!r} names no bucket; use s3://bucket/prefix")
     elif scheme == "hf" and len([x for x in cfg.output.uri[5:].split("/") if x]) != 2:

@@ -34,9 +34,7 @@ def _builder(path: Path) -> str:
     try:
         return EXTENSIONS[path.suffix.lower()]
     except KeyError:
-        raise DataError(
-            f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(EXTENSIONS)}"
-        ) from None
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(EXTENSIONS)}") from None
 
 
 def _split_of(path: Path) -> str | None:
@@ -99,7 +97,9 @@ def load_splits(cfg: DataConfig, seed: int):
     except DataError:
         raise
     except UnicodeDecodeError as e:
-        raise DataError(f"data.dataset={cfg.dataset}: the file is not UTF-8 text ({e.reason}); re-save it as UTF-8") from None
+        raise DataError(
+            f"data.dataset={cfg.dataset}: the file is not UTF-8 text ({e.reason}); re-save it as UTF-8"
+        ) from None
     except FileNotFoundError as e:
         raise DataError(f"data.dataset={cfg.dataset}: not found ({e}); check the hub id or path") from None
     except Exception as e:  # datasets wraps parse errors in many types
@@ -129,8 +129,10 @@ def _normalise(raw, cfg: DataConfig):
             if canonical == "validation":
                 log.warning("no %r split in %s: training without a validation loss", name, cfg.dataset)
                 continue
-            raise DataError(f"data.dataset={cfg.dataset} has no {name!r} split (splits: {', '.join(raw)}); "
-                            f"set data.{'train' if canonical == 'train' else 'test'}_split")
+            raise DataError(
+                f"data.dataset={cfg.dataset} has no {name!r} split (splits: {', '.join(raw)}); "
+                f"set data.{'train' if canonical == 'train' else 'test'}_split"
+            )
         out[canonical] = _columns(raw[name], cfg, name)
     return datasets.DatasetDict(out)
 
@@ -155,8 +157,10 @@ def _columns(ds, cfg: DataConfig, split: str):
     empty = sum(1 for d, s in zip(ds["dialogue"], ds["summary"]) if not d or not s)
     if empty:
         if cfg.empty_rows == "error":
-            raise DataError(f"split {split!r} has {empty} rows with an empty dialogue or summary; "
-                            f"fix the data or set data.empty_rows=drop")
+            raise DataError(
+                f"split {split!r} has {empty} rows with an empty dialogue or summary; "
+                f"fix the data or set data.empty_rows=drop"
+            )
         ds = ds.filter(lambda r: bool(r["dialogue"]) and bool(r["summary"]))
         log.warning("split %r: dropped %d rows with an empty dialogue or summary", split, empty)
     if len(ds) == 0:

@@ -76,8 +76,12 @@ def generate(
     bar.close()
     if was_training:
         model.train()
-    return Generated(texts=[t or "" for t in texts], hit_max_new_tokens=hit, batch_size=batch_size,
-                     seconds=time.perf_counter() - start)
+    return Generated(
+        texts=[t or "" for t in texts],
+        hit_max_new_tokens=hit,
+        batch_size=batch_size,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _generate_batch(model, tokenizer, batch: list[list[int]], config, device) -> list[tuple[str, bool]]:

@@ -38,7 +38,9 @@ def detect_hardware(requested: str = "auto") -> Hardware:
     if requested != "auto":
         dtype = getattr(torch, requested)
         if dtype == torch.bfloat16 and cap is not None and cap < (8, 0):
-            log.warning("model.compute_dtype=bfloat16 on %s (compute capability %d.%d) is emulated and slow", name, *cap)
+            log.warning(
+                "model.compute_dtype=bfloat16 on %s (compute capability %d.%d) is emulated and slow", name, *cap
+            )
     return Hardware(device=device, name=name, compute_dtype=dtype, capability=cap)
 
 
@@ -84,7 +86,9 @@ def attention_implementation(cfg: Config, hw: Hardware) -> str:
 def load_tokenizer(path: str, cfg: Config):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    )
     if tokenizer.pad_token_id is None:
         # A pad token distinct from EOS where the vocabulary has one (Llama-3.x reserves one); labels are built
         # explicitly, so EOS stays learned even when pad == EOS.
@@ -120,8 +124,11 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
         ) from None
     log.info(
         "loaded %s (%s, %s compute, %s attention) on %s",
-        cfg.model.name, "4-bit " + cfg.model.quant_type if quant else dtype_name(hw.compute_dtype),
-        dtype_name(hw.compute_dtype), kwargs["attn_implementation"], hw.name,
+        cfg.model.name,
+        "4-bit " + cfg.model.quant_type if quant else dtype_name(hw.compute_dtype),
+        dtype_name(hw.compute_dtype),
+        kwargs["attn_implementation"],
+        hw.name,
     )
     return model
 

@@ -20,11 +20,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "qlora runs) with its adapter and the run's prompt, and generates greedy summaries.",
     )
     parser.add_argument("--run", required=True, type=Path, help="a complete run folder (holds manifest.json)")
-    parser.add_argument("--input", required=True, type=Path,
-                        help="JSON lines with a dialogue per line (the run's data.dialogue_column, or `dialogue`); "
-                        "an `id` column is carried through")
+    parser.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="JSON lines with a dialogue per line (the run's data.dialogue_column, or `dialogue`); "
+        "an `id` column is carried through",
+    )
     parser.add_argument("--output", type=Path, help="where to write JSON lines (default: stdout)")
-    parser.add_argument("--batch-size", type=int, help="dialogues per generation batch (default: the run's eval.batch_size)")
+    parser.add_argument(
+        "--batch-size", type=int, help="dialogues per generation batch (default: the run's eval.batch_size)"
+    )
     parser.add_argument("--max-new-tokens", type=int, help="default: the run's eval.max_new_tokens")
     return parser.parse_args(argv)
 
@@ -66,8 +72,14 @@ def main(argv: list[str]) -> int:
     model, tokenizer = modeling.load_for_inference(args.run, cfg, hw)
     max_prompt = max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
     ids = [prompts.prompt_ids_for_generation(tokenizer, cfg.data, r["dialogue"], max_prompt) for r in rows]
-    out = generation.generate(model, tokenizer, ids, args.max_new_tokens or cfg.eval.max_new_tokens,
-                              args.batch_size or cfg.eval.batch_size, "summarizing")
+    out = generation.generate(
+        model,
+        tokenizer,
+        ids,
+        args.max_new_tokens or cfg.eval.max_new_tokens,
+        args.batch_size or cfg.eval.batch_size,
+        "summarizing",
+    )
     lines = [json.dumps({"id": r["id"], "summary": s}, ensure_ascii=False) for r, s in zip(rows, out.texts)]
     if args.output:
         rundir.write_atomic(args.output, "\n".join(lines) + "\n")

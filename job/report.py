@@ -70,8 +70,13 @@ def write_report(path: Path, metrics: dict, predictions: list[dict], samples: in
     for key, label in (("base", "base (zero-shot)"), ("finetuned", "fine-tuned")):
         if metrics.get(key):
             lines.append(_row(label, metrics[key]))
-    lines += ["", "Best reference per dialogue (multi-reference):", "",
-              "| model | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Best reference per dialogue (multi-reference):",
+        "",
+        "| model | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum |",
+        "|---|---|---|---|---|",
+    ]
     for key, label in (("base", "base (zero-shot)"), ("finetuned", "fine-tuned")):
         if metrics.get(key):
             multi = metrics[key]["multi_reference"]
@@ -80,13 +85,20 @@ def write_report(path: Path, metrics: dict, predictions: list[dict], samples: in
     for key, label in (("base", "base"), ("finetuned", "fine-tuned")):
         if metrics.get(key):
             b = metrics[key]
-            lines.append(f"- {label}: {b['avg_words']:.1f} words on average, {b['length_ratio']:.2f}x the references, "
-                         f"{b['hit_max_new_tokens']} summaries stopped at max_new_tokens")
+            lines.append(
+                f"- {label}: {b['avg_words']:.1f} words on average, {b['length_ratio']:.2f}x the references, "
+                f"{b['hit_max_new_tokens']} summaries stopped at max_new_tokens"
+            )
     lines += ["", "## Loss", "", "![loss](loss.png)", "", "## Samples", ""]
     for p in predictions[:samples]:
-        lines += [f"### {p['id']}", "", "| | summary |", "|---|---|",
-                  f"| dialogue | {_escape(p['dialogue'][:1200])} |",
-                  f"| human | {_escape(p['references'][0])} |"]
+        lines += [
+            f"### {p['id']}",
+            "",
+            "| | summary |",
+            "|---|---|",
+            f"| dialogue | {_escape(p['dialogue'][:1200])} |",
+            f"| human | {_escape(p['references'][0])} |",
+        ]
         if p.get("base") is not None:
             lines.append(f"| base | {_escape(p['base'])} |")
         lines += [f"| fine-tuned | {_escape(p['finetuned'])} |", ""]

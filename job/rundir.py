@@ -17,7 +17,16 @@ from job.config import Config
 from job.errors import OutputError
 
 MANIFEST = "manifest.json"
-VERSIONED = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "rouge-score", "dialogsum-qlora")
+VERSIONED = (
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "datasets",
+    "accelerate",
+    "rouge-score",
+    "dialogsum-qlora",
+)
 
 
 def is_remote(uri: str) -> bool:
@@ -58,7 +67,9 @@ def prepare(cfg: Config) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise OutputError(f"cannot write the run folder {run_dir}: {e.strerror or e}; check output.uri and permissions") from None
+        raise OutputError(
+            f"cannot write the run folder {run_dir}: {e.strerror or e}; check output.uri and permissions"
+        ) from None
     return run_dir
 
 
@@ -107,8 +118,9 @@ def write_manifest(run_dir: Path, cfg: Config, started_at: str, extra: dict[str,
     files = []
     for path in sorted(run_dir.rglob("*")):
         if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
-            files.append({"path": path.relative_to(run_dir).as_posix(), "size": path.stat().st_size,
-                          "sha256": sha256(path)})
+            files.append(
+                {"path": path.relative_to(run_dir).as_posix(), "size": path.stat().st_size, "sha256": sha256(path)}
+            )
     manifest = {
         "run_name": run_dir.name,
         "config_hash": cfg.hash(),

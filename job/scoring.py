@@ -48,9 +48,7 @@ def _per_dialogue(pairs: list[list[dict[str, float]]], metric: str) -> tuple[np.
     return sums, counts, best
 
 
-def score(
-    predictions: list[str], references: list[list[str]], bootstrap_samples: int = 1000, seed: int = 42
-) -> dict:
+def score(predictions: list[str], references: list[list[str]], bootstrap_samples: int = 1000, seed: int = 42) -> dict:
     """The `base`/`finetuned` block of metrics.json for one set of predictions."""
     pairs = pair_scores(predictions, references)
     rng = np.random.default_rng(seed)

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(cfg: Config) -> Path:
-    from job import data, generation, modeling, prompts, report, rundir, scoring, secrets, training
+    from job import data, generation, modeling, prompts, rundir, scoring, secrets, training
     from job.errors import JobError, ResourceError
 
     started_at, t0 = rundir.now(), time.perf_counter()
@@ -52,8 +52,10 @@ def run(cfg: Config) -> Path:
     secrets.check_model_access(cfg.model.name, token, cfg.model.revision)
     hw = modeling.detect_hardware(cfg.model.compute_dtype)
     if cfg.train.require_gpu and hw.device != "cuda":
-        raise ResourceError("no CUDA GPU is visible and train.require_gpu is true; run on a GPU machine, or set "
-                            "train.require_gpu=false to train on the CPU (only sensible for tiny models)")
+        raise ResourceError(
+            "no CUDA GPU is visible and train.require_gpu is true; run on a GPU machine, or set "
+            "train.require_gpu=false to train on the CPU (only sensible for tiny models)"
+        )
 
     splits = data.load_splits(cfg.data, cfg.train.seed)
     splits["train"] = data.cap(splits["train"], cfg.data.max_train_examples, cfg.train.seed)
@@ -61,9 +63,13 @@ def run(cfg: Config) -> Path:
         splits["validation"] = data.cap(splits["validation"], cfg.data.max_eval_examples, cfg.train.seed)
     eval_split = splits["test"] if (cfg.eval.split in (None, cfg.data.test_split)) else _extra_split(cfg)
     dialogues = data.unique_dialogues(eval_split, cfg.eval.num_dialogues)
-    log.info("data: %d train, %d validation rows; scoring %d dialogues with %d references",
-             len(splits["train"]), len(splits.get("validation", [])), len(dialogues),
-             sum(len(d.references) for d in dialogues))
+    log.info(
+        "data: %d train, %d validation rows; scoring %d dialogues with %d references",
+        len(splits["train"]),
+        len(splits.get("validation", [])),
+        len(dialogues),
+        sum(len(d.references) for d in dialogues),
+    )
 
     path = modeling.resolve_model_path(cfg, run_dir)
     tokenizer = modeling.load_tokenizer(path, cfg)
@@ -78,7 +84,9 @@ def run(cfg: Config) -> Path:
     base = summarize("base model summaries") if cfg.eval.base else None
 
     model = modeling.add_lora(model, cfg)
-    checkpoint_dir = Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runtime.default_checkpoint_dir(run_dir)
+    checkpoint_dir = (
+        Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runtime.default_checkpoint_dir(run_dir)
+    )
     try:
         trainer, result = training.train(model, tokenizer, splits, cfg, hw, run_dir, checkpoint_dir, attn)
     except training.Interrupted as e:
@@ -98,30 +106,56 @@ def run(cfg: Config) -> Path:
         scores["base"]["hit_max_new_tokens"] = sum(base.hit_max_new_tokens)
 
     predictions = [
-        {"id": d.id, "dialogue": d.dialogue, "references": d.references,
-         "base": base.texts[i] if base else None, "finetuned": tuned.texts[i]}
+        {
+            "id": d.id,
+            "dialogue": d.dialogue,
+            "references": d.references,
+            "base": base.texts[i] if base else None,
+            "finetuned": tuned.texts[i],
+        }
         for i, d in enumerate(dialogues)
     ]
     trainable, total = modeling.parameter_counts(model)
     finished_at = rundir.now()
     metrics = {
-        "run": {"name": run_dir.name, "method": cfg.method, "model": cfg.model.name, "dataset": cfg.data.dataset,
-                "started_at": started_at, "finished_at": finished_at, "seconds": round(time.perf_counter() - t0, 2),
-                "platform": runtime.platform(), "device": hw.name, "resumed_from": result.resumed_from},
+        "run": {
+            "name": run_dir.name,
+            "method": cfg.method,
+            "model": cfg.model.name,
+            "dataset": cfg.data.dataset,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "platform": runtime.platform(),
+            "device": hw.name,
+            "resumed_from": result.resumed_from,
+        },
         "scorer": scoring.scorer_info(len(dialogues), sum(len(r) for r in refs), samples, seed),
-        "generation": {"max_new_tokens": cfg.eval.max_new_tokens, "do_sample": False, "num_beams": 1,
-                       "batch_size": tuned.batch_size, "dtype": modeling.dtype_name(hw.compute_dtype),
-                       "prompt_sha256": prompts.prompt_sha256(tokenizer, cfg.data),
-                       "summaries_per_second": round(len(dialogues) / tuned.seconds, 3) if tuned.seconds else None},
+        "generation": {
+            "max_new_tokens": cfg.eval.max_new_tokens,
+            "do_sample": False,
+            "num_beams": 1,
+            "batch_size": tuned.batch_size,
+            "dtype": modeling.dtype_name(hw.compute_dtype),
+            "prompt_sha256": prompts.prompt_sha256(tokenizer, cfg.data),
+            "summaries_per_second": round(len(dialogues) / tuned.seconds, 3) if tuned.seconds else None,
+        },
         "base": scores.get("base"),
         "finetuned": scores["finetuned"],
         "baselines": {},
-        "train": {"loss": result.loss, "eval_loss": result.eval_loss, "steps": result.steps, "epochs": result.epochs,
-                  "trainable_params": trainable, "total_params": total,
-                  "tokens_per_second": round(result.tokens_per_second, 2),
-                  "padding_fraction": round(result.padding_fraction, 4),
-                  "peak_memory_mb": round(result.peak_memory_mb, 1), "seconds": round(result.seconds, 2),
-                  "truncated_examples": result.truncated_examples},
+        "train": {
+            "loss": result.loss,
+            "eval_loss": result.eval_loss,
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "trainable_params": trainable,
+            "total_params": total,
+            "tokens_per_second": round(result.tokens_per_second, 2),
+            "padding_fraction": round(result.padding_fraction, 4),
+            "peak_memory_mb": round(result.peak_memory_mb, 1),
+            "seconds": round(result.seconds, 2),
+            "truncated_examples": result.truncated_examples,
+        },
     }
     _write_results(run_dir, cfg, metrics, predictions, result.history)
     if cfg.output.merge:

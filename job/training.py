@@ -52,14 +52,23 @@ def tokenize(ds, tokenizer, cfg: Config, desc: str):
 
     def encode(row):
         enc = prompts.encode_example(tokenizer, cfg.data, row["dialogue"], row["summary"])
-        return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
-                "truncated": enc.truncated}
+        return {
+            "input_ids": enc.input_ids,
+            "labels": enc.labels,
+            "length": len(enc.input_ids),
+            "truncated": enc.truncated,
+        }
 
     out = ds.map(encode, remove_columns=ds.column_names, desc=desc)
     truncated = int(sum(out["truncated"]))
     if truncated:
-        log.warning("%s: %d of %d examples were longer than data.max_length=%d; their dialogues were cut (never "
-                    "the summary)", desc, truncated, len(out), cfg.data.max_length)
+        log.warning(
+            "%s: %d of %d examples were longer than data.max_length=%d; their dialogues were cut (never the summary)",
+            desc,
+            truncated,
+            len(out),
+            cfg.data.max_length,
+        )
     return out.remove_columns("truncated"), truncated
 
 
@@ -166,9 +175,14 @@ def _callbacks(run_dir: Path):
                         f"(now {args.learning_rate}) or use fp32 compute (model.compute_dtype=float32) on GPUs "
                         f"without bf16"
                     )
-                logs.emit_metrics({"step": state.global_step, "loss": loss,
-                                   "learning_rate": values.get("learning_rate"),
-                                   "grad_norm": values.get("grad_norm")})
+                logs.emit_metrics(
+                    {
+                        "step": state.global_step,
+                        "loss": loss,
+                        "learning_rate": values.get("learning_rate"),
+                        "grad_norm": values.get("grad_norm"),
+                    }
+                )
             if "eval_loss" in values:
                 logs.emit_metrics({"step": state.global_step, "eval_loss": float(values["eval_loss"])})
 
@@ -242,9 +256,14 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     mode = packing_mode(cfg, hw, attn)
     collator = make_collator(mode, tokenizer)
     total, eval_every, save_every = _steps(cfg, len(train_ds))
-    log.info("batches: %s; %d optimizer steps; effective batch %d (batch_size %d x accumulation %d)", mode, total,
-             cfg.train.batch_size * cfg.train.gradient_accumulation_steps, cfg.train.batch_size,
-             cfg.train.gradient_accumulation_steps)
+    log.info(
+        "batches: %s; %d optimizer steps; effective batch %d (batch_size %d x accumulation %d)",
+        mode,
+        total,
+        cfg.train.batch_size * cfg.train.gradient_accumulation_steps,
+        cfg.train.batch_size,
+        cfg.train.gradient_accumulation_steps,
+    )
     model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -314,11 +333,17 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         writer.close()
     seconds = time.perf_counter() - start
     if sigterm_cb.requested:
-        raise Interrupted(f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}")
+        raise Interrupted(
+            f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}"
+        )
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
-    best_eval = trainer.state.best_metric if trainer.state.best_metric is not None else (eval_losses[-1] if eval_losses else None)
+    best_eval = (
+        trainer.state.best_metric
+        if trainer.state.best_metric is not None
+        else (eval_losses[-1] if eval_losses else None)
+    )
     real = collator.real
     return trainer, TrainResult(
         loss=float(output.training_loss) if losses else None,
