@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(cfg: Config) -> Path:
-    from job import data, generation, modeling, prompts, rundir, scoring, secrets, training
+    from job import data, faults, generation, modeling, preflight, prompts, rundir, scoring, secrets, training
     from job.errors import JobError, ResourceError
 
     started_at, t0 = rundir.now(), time.perf_counter()
@@ -49,7 +49,7 @@ def run(cfg: Config) -> Path:
     (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
 
     token = secrets.resolve_hf_token()
-    secrets.check_model_access(cfg.model.name, token, cfg.model.revision)
+    preflight.check(cfg, token)
     hw = modeling.detect_hardware(cfg.model.compute_dtype)
     if cfg.train.require_gpu and hw.device != "cuda":
         raise ResourceError(
@@ -71,6 +71,7 @@ def run(cfg: Config) -> Path:
         sum(len(d.references) for d in dialogues),
     )
 
+    faults.inject("load_model", cfg=cfg)
     path = modeling.resolve_model_path(cfg, run_dir)
     tokenizer = modeling.load_tokenizer(path, cfg)
     model = modeling.load_base_model(cfg, path, hw)
@@ -157,6 +158,7 @@ def run(cfg: Config) -> Path:
             "truncated_examples": result.truncated_examples,
         },
     }
+    faults.inject("write_results", run_dir=run_dir)
     _write_results(run_dir, cfg, metrics, predictions, result.history)
     if cfg.output.merge:
         from job import merge

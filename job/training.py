@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from job import logs, prompts
+from job import faults, logs, prompts
 from job.config import Config
 from job.errors import ResourceError, TrainingError
 from job.modeling import Hardware
@@ -213,6 +213,7 @@ def _callbacks(run_dir: Path):
             self.previous = signal.signal(signal.SIGTERM, handler)
 
         def on_step_end(self, args, state, control, **kwargs):
+            faults.inject("train_step", step=state.global_step, model=kwargs.get("model"), control=control)
             if self.requested:
                 control.should_save = True
                 control.should_training_stop = True
