@@ -176,11 +176,16 @@ def payload(cfg: config_mod.Config) -> str:
     return base64.b64encode(gzip.compress(raw.getvalue(), mtime=0)).decode()
 
 
+def wrapped(text: str, width: int = 100) -> str:
+    """Short lines for Kaggle's source viewer; base64 decoding skips the newlines."""
+    return "\n".join(text[i : i + width] for i in range(0, len(text), width))
+
+
 def code_file(cfg: config_mod.Config, settings: dict[str, Any]) -> str:
     """The kernel template with PAYLOAD and SETTINGS filled in."""
     text = KERNEL_TEMPLATE.read_text(encoding="utf-8")
     for placeholder, value in (
-        ('PAYLOAD = ""  # filled in by the launcher', f"PAYLOAD = {payload(cfg)!r}"),
+        ('PAYLOAD = ""', f'PAYLOAD = """\n{wrapped(payload(cfg))}\n"""'),
         (
             "SETTINGS: dict[str, Any] = {}  # filled in by the launcher: kernel, run_name, model, resume",
             f"SETTINGS: dict[str, Any] = {dict(sorted(settings.items()))!r}",

@@ -27,7 +27,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-PAYLOAD = ""  # filled in by the launcher
 SETTINGS: dict[str, Any] = {}  # filled in by the launcher: kernel, run_name, model, resume
 
 EXIT_AUTH = 4  # the job's exit code for credential problems (job.errors.AuthError)
@@ -244,6 +243,11 @@ def main() -> int:
     except KernelError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.code
+
+
+# The job's source, resolved config and requirements: base64 of a tar.gz, filled in by the launcher. It comes last
+# so that the code above reads first in Kaggle's viewer.
+PAYLOAD = ""
 
 
 if __name__ == "__main__":

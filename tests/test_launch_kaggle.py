@@ -9,6 +9,7 @@ Kaggle's image: the kernel-file tests put a stand-in module on the subprocess's 
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import hashlib
@@ -81,9 +82,15 @@ def bodies(rsps, method: str) -> list[dict]:
     return [json.loads(c.request.body) for c in rsps.calls if c.request.url.endswith(f"/{method}")]
 
 
+def payload_bytes(code: str) -> bytes:
+    """The uncompressed tar inside the code file, read the way Python reads the PAYLOAD assignment."""
+    tree = ast.parse(code)
+    (encoded,) = [n.value.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "PAYLOAD"]
+    return gzip.decompress(base64.b64decode(encoded))
+
+
 def read_payload(code: str) -> tarfile.TarFile:
-    encoded = re.search(r"^PAYLOAD = '([A-Za-z0-9+/=]+)'$", code, re.M).group(1)
-    return tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(encoded))))
+    return tarfile.open(fileobj=io.BytesIO(payload_bytes(code)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,9 +218,7 @@ def test_planted_tokens_never_reach_the_kernel_or_the_request(creds, api):
         assert secret.encode() not in request.body
         for path in Path("k").rglob("*"):
             assert secret.encode() not in path.read_bytes()
-        assert secret.encode() not in gzip.decompress(
-            base64.b64decode(re.search(r"PAYLOAD = '(.*)'", Path("k/dialogsum_kernel.py").read_text()).group(1))
-        )
+        assert secret.encode() not in payload_bytes(Path("k/dialogsum_kernel.py").read_text())
 
 
 def test_resume_attaches_the_previous_output_as_a_kernel_source(creds, api):
