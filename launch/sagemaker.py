@@ -357,6 +357,8 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         else:
             follow_mod.secret_arn(secrets, secret_id)
 
+    if args.output:
+        check_bucket(boto.client("s3"), args.output, region)
     session = sagemaker_session(boto, args.output)
     output = args.output.rstrip("/") if args.output else f"s3://{session.default_bucket()}/{DEFAULT_PREFIX}"
     plan = make_plan(args, cfg, region, output, args.role or "")
@@ -369,14 +371,25 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     refuse_secrets(req.preview_request(plan, plan.base_job_name))
     boto.events.register("provide-client-params.sagemaker.CreateTrainingJob", _refuse_secrets_handler)
     job_name = create_job(plan, session)
-
     print(f"submitted {job_name}")
+    tag_run(boto.client("sagemaker"), job_name)
     _note(f"console: {console_url(region, job_name)}")
     _note(f"run folder (when it completes): {follow_mod.run_folder_uri(_job_stub(plan, job_name))}")
     _note(f"follow: python -m launch sagemaker status {job_name} --region {region}")
     if not args.wait:
         return 0
     return watch(boto.client("sagemaker"), boto.client("logs"), boto.client("s3"), job_name)
+
+
+def tag_run(sm: Any, job_name: str) -> None:
+    """Tag the job with its run name, which the SDK stamps only at submission. The job runs either way."""
+    from botocore.exceptions import ClientError
+
+    try:
+        arn = sm.describe_training_job(TrainingJobName=job_name)["TrainingJobArn"]
+        sm.add_tags(ResourceArn=arn, Tags=[{"Key": "run", "Value": job_name}])
+    except ClientError as e:
+        _note(f"warning: could not tag the job with its run name ({e.response['Error']['Code']}); it runs regardless")
 
 
 def _refuse_secrets_handler(params: dict[str, Any], **_: Any) -> None:
@@ -391,12 +404,32 @@ def _job_stub(plan: req.Plan, job_name: str) -> dict[str, Any]:
     }
 
 
+def check_bucket(s3: Any, output: str, region: str) -> None:
+    from botocore.exceptions import ClientError
+
+    bucket = follow_mod.split_s3(output)[0]
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as e:
+        code = e.response["Error"]["Code"]
+        if code in ("404", "NoSuchBucket"):
+            raise LaunchError(
+                f"--output: bucket {bucket} does not exist; create it: aws s3 mb s3://{bucket} --region {region}"
+            ) from None
+        if code in ("403", "AccessDenied"):
+            raise LaunchError(f"--output: no access to bucket {bucket} with your credentials (s3:ListBucket)") from None
+        raise
+
+
 def sagemaker_session(boto: Any, output: str | None):
     """A SageMaker session whose default bucket and prefix are --output, so code, drivers and checkpoints go there."""
     from sagemaker.core.helper.session_helper import Session
 
     if not output:
-        return Session(boto_session=boto, default_bucket_prefix=DEFAULT_PREFIX)
+        # Resolve (and create) sagemaker-<region>-<account> without a prefix first: with a prefix the SDK probes a
+        # missing bucket with ListObjectsV2, gets NoSuchBucket instead of 404, and never creates it.
+        bucket = Session(boto_session=boto).default_bucket()
+        return Session(boto_session=boto, default_bucket=bucket, default_bucket_prefix=DEFAULT_PREFIX)
     bucket, prefix = follow_mod.split_s3(output.rstrip("/"))
     return Session(boto_session=boto, default_bucket=bucket, default_bucket_prefix=prefix or None)
 

@@ -336,6 +336,9 @@ def test_submit_sends_the_request_the_dry_run_showed(aws, tmp_path: Path, capsys
     assert tags["project"] == "dialogsum-qlora" and tags["team"] == "nlp" and tags["config"] == "test"
     assert tags["config-hash"] == cfg.hash() and tags["runs"] == f"s3://{BUCKET}/exp/runs"
     assert sent["Environment"] == {"HF_TOKEN_SECRET_ID": "team/hf"}
+    sm = aws["session"].client("sagemaker")
+    arn = sm.describe_training_job(TrainingJobName=job_name)["TrainingJobArn"]
+    assert {"Key": "run", "Value": job_name} in sm.list_tags(ResourceArn=arn)["Tags"]  # added once the name is known
 
     # No token anywhere: not in the request, not on the terminal; it is in Secrets Manager only.
     assert TOKEN not in json.dumps(sent) and TOKEN not in out.out + out.err
@@ -393,6 +396,45 @@ def test_token_in_the_config_is_refused(aws, capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert "would contain your HF_TOKEN" in err and TOKEN not in err
     assert aws["requests"] == []
+
+
+def test_default_bucket_when_no_output_is_given(aws, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        sm_cli.main(
+            ["--config", "test", "--instance", "ml.g6.xlarge", "--region", REGION, "--role", ROLE_ARN, "--no-wait"]
+        )
+        == 0
+    )
+    (sent,) = aws["requests"]
+    default = f"s3://sagemaker-{REGION}-123456789012/dialogsum-qlora"
+    assert sent["OutputDataConfig"]["S3OutputPath"] == f"{default}/jobs"
+    assert sent["HyperParameters"]["output.uri"] == f"{default}/runs"
+    code = next(c for c in sent["InputDataConfig"] if c["ChannelName"] == "code")
+    assert code["DataSource"]["S3DataSource"]["S3Uri"].startswith(f"{default}/")
+
+
+def test_missing_output_bucket_says_how_to_create_it(aws, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--config", "test", "--instance", "ml.g5.xlarge", "--region", REGION, "--role", ROLE_ARN]
+    assert sm_cli.main([*argv, "--output", "s3://no-such-bucket/x", "--no-wait"]) == 1
+    assert "bucket no-such-bucket does not exist; create it: aws s3 mb s3://no-such-bucket" in capsys.readouterr().err
+    assert aws["requests"] == []
+
+
+def test_the_request_guard_stops_a_token_botocore_would_send(aws) -> None:
+    sm_cli._refuse_secrets_handler({"Environment": {"A": "b"}, "HyperParameters": {"x": "y"}})
+    with pytest.raises(follow.LaunchError, match="HF_TOKEN"):
+        sm_cli._refuse_secrets_handler({"Environment": {"HF_TOKEN": TOKEN}})
+
+
+def test_s3_data_sets_are_used_in_place() -> None:
+    cfg = config.resolve("test", ["data.dataset=s3://data-bucket/dialogsum/train.jsonl"])
+    moved, (channel,) = req.channels_for(cfg, f"s3://{BUCKET}/exp")
+    assert channel.s3_uri == "s3://data-bucket/dialogsum/train.jsonl"
+    assert moved.data.dataset == "/opt/ml/input/data/data/train.jsonl"
+    moved, (channel,) = req.channels_for(config.resolve("test", ["data.dataset=s3://data-bucket/dialogsum/"]), "s3://b")
+    assert channel.s3_uri == "s3://data-bucket/dialogsum/" and moved.data.dataset == "/opt/ml/input/data/data"
+    unchanged, none = req.channels_for(config.resolve("test", ["data.dataset=knkarthick/dialogsum"]), "s3://b")
+    assert none == [] and unchanged.data.dataset == "knkarthick/dialogsum"
 
 
 def test_missing_role_says_what_to_pass(aws, capsys: pytest.CaptureFixture[str]) -> None:
