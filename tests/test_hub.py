@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_publish import REPO, make_run
 
 from job import config as config_mod
 from job import hub, publish
 from job.errors import AuthError, PublishError
+from tests.conftest import job_env, run_job
+from tests.test_publish import make_run
 
 TOKEN = "hf_hubTestToken0123456789abcdefgh"
 
@@ -258,16 +257,8 @@ def test_no_token_is_a_publish_error_that_says_how_to_set_one(tmp_path, stand_in
 
 def test_publish_cli_to_the_hub(tmp_path, stand_in):
     run = make_run(tmp_path, "run-a")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_"))}
-    env.update(HF_ENDPOINT=stand_in.url, HF_TOKEN=TOKEN)
-    result = subprocess.run(
-        [sys.executable, "-m", "job", "publish", str(run), "--to", "hf://team/cli-repo"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = job_env(HF_ENDPOINT=stand_in.url, HF_TOKEN=TOKEN, HF_HUB_OFFLINE="0")
+    result = run_job("publish", str(run), "--to", "hf://team/cli-repo", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "hf://team/cli-repo"
     assert stand_in.commits[0].repo == "team/cli-repo"

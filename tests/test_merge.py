@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from job import builtin, merge, runtime
 from job import config as config_mod
+from tests.conftest import run_job
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Summarize the following conversation.\n\n#Person1#: Shall we meet at noon?\n#Person2#: Yes.\n\nSummary:"
 
 
@@ -80,15 +77,8 @@ def test_merged_model_stays_out_of_sagemakers_model_folder(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_train_with_merge_writes_a_merged_model_equal_to_the_trained_adapter(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "job", "train", "--config", "test"]
-        + [f"output.uri={tmp_path}", "output.run_name=merged-run", "output.merge=true"],
-        cwd=REPO,
-        env={**env, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_job(
+        "train", "--config", "test", f"output.uri={tmp_path}", "output.run_name=merged-run", "output.merge=true"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = Path(result.stdout.strip().splitlines()[-1])

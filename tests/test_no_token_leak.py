@@ -6,17 +6,16 @@ wrote, uploaded or printed is searched for it."""
 
 from __future__ import annotations
 
-import os
 import secrets as pysecrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_hub import HubStandIn
-from test_publish import REPO, make_run
 
 from job.errors import PublishError
+from tests.conftest import job_env, run_job
+from tests.test_hub import HubStandIn
+from tests.test_publish import make_run
 
 
 @pytest.fixture
@@ -32,11 +31,8 @@ def planted() -> str:
 
 
 def job(*args: str, token: str, endpoint: str, home: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_"))}
-    env.update(HF_TOKEN=token, HF_ENDPOINT=endpoint, HF_HOME=str(home))
-    return subprocess.run(
-        [sys.executable, "-m", "job", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+    # HF_HUB_OFFLINE=0: the job must reach the Hub stand-in; nothing else is online
+    return run_job(*args, env=job_env(HF_TOKEN=token, HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_OFFLINE="0"))
 
 
 def hits(token: str, root: Path) -> list[str]:

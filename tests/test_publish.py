@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,8 +23,8 @@ from moto.server import ThreadedMotoServer
 from job import config as config_mod
 from job import publish, rundir
 from job.errors import AuthError, OutputError, PublishError
+from tests.conftest import job_env, run_job
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "results"
 
 
@@ -186,11 +185,7 @@ def aws_env(endpoint: str) -> dict[str, str]:
 
 
 def cli(*args: str, endpoint: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_"))}
-    env.update(aws_env(endpoint), HF_HUB_OFFLINE="1", **(extra_env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "job", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_job(*args, env=job_env(**aws_env(endpoint), **(extra_env or {})), timeout=600)
 
 
 # ----------------------------------------------------------------------------------------------
