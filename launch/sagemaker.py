@@ -190,6 +190,8 @@ def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], 
             memory.architecture(cfg.model.name)
         except memory.UnknownArchitecture:
             warnings.append(f"no memory estimate for {cfg.model.name} (its shape is unknown here); not checked")
+    if not cfg.output.uri.startswith(("s3://", "hf://")) and cfg.output.uri != config_mod.OutputConfig().uri:
+        warnings.append(f"output.uri={cfg.output.uri} is a local folder; on SageMaker the run goes to <output>/runs")
     if cfg.model.name.startswith(GATED_PREFIXES) and not _uses_secret(args):
         warnings.append(
             f"{cfg.model.name} is gated on the Hugging Face Hub: pass --hf-token-secret ID "
@@ -532,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in COMMANDS:
             return run_command(argv)
         args, extra = submit_parser().parse_known_args(argv)
+        unknown = [
+            t for t in extra if t.startswith("--") and "." not in t.split("=")[0] and t[2:].split("=")[0] != "method"
+        ]
+        if unknown:
+            _err(f"unknown option {unknown[0]} (config overrides look like key.sub=value); see --help")
+            return 2
         try:
             cfg = config_mod.resolve(args.config, extra)
         except config_mod.ConfigError as e:

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import job
 from job import config as config_mod
 from job.config import Config
 
 PROJECT = "dialogsum-qlora"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-JOB_PACKAGE = REPO_ROOT / "job"
+JOB_PACKAGE = Path(job.__file__).resolve().parent
 
 # The Hugging Face PyTorch training DLC with transformers 5.x (the newest the SDK's table knows).
 DLC = {"version": "5.3.0", "base_framework_version": "pytorch2.9.0", "py_version": "py312"}

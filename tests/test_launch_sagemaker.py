@@ -149,6 +149,11 @@ def test_memory_check_names_the_setting_to_lower(capsys: pytest.CaptureFixture[s
     assert rc == 2 and "has no bf16" in capsys.readouterr().err
 
 
+def test_a_mistyped_option_is_not_taken_for_an_override(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sm_cli.main(["--config", "test", "--instance", "ml.g5.xlarge", "--spto", "--dry-run"]) == 2
+    assert "unknown option --spto" in capsys.readouterr().err
+
+
 def test_config_errors_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
     assert sm_cli.main(["--config", "test", "--instance", "ml.g5.xlarge", "lora.rank=8", "train.epoch=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
