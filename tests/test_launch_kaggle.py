@@ -254,6 +254,27 @@ def test_push_rejected_credentials(creds, api, capsys):
     assert "HTTP 401" in err and "kaggle.com/settings" in err and PLANTED_KAGGLE_KEY not in err
 
 
+def test_access_token_names_the_owner_and_stays_out_of_the_request(creds, api, monkeypatch, capsys):
+    """KAGGLE_API_TOKEN: the client asks Kaggle whose token it is; the default kernel is <that user>/dialogsum-test."""
+    token = "KGAT_PLANTEDaccess0123456789abcdef"
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", token)
+    api.add(
+        responses.POST,
+        "https://api.kaggle.com/v1/security.OAuthService/IntrospectToken",
+        json={"active": True, "username": "carol"},
+    )
+    answer(api, "GetAcceleratorQuotaStatistics", quota(0))
+    answer(api, "SaveKernel", {"ref": "/code/carol/dialogsum-test", "url": "u", "versionNumber": 1})
+    assert kaggle.main(["--config", "test", "--folder", "k"]) == 0
+    (sent,) = bodies(api, "SaveKernel")
+    assert sent["slug"] == "carol/dialogsum-test"
+    request = next(c.request for c in api.calls if c.request.url.endswith("/SaveKernel"))
+    assert request.headers["Authorization"] == f"Bearer {token}" and token.encode() not in request.body
+    assert token not in capsys.readouterr().out
+
+
 def test_no_credentials_is_one_line(tmp_path):
     """A subprocess with an empty HOME and no KAGGLE_* variables: the real client finds nothing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
@@ -267,7 +288,11 @@ def test_no_credentials_is_one_line(tmp_path):
         timeout=120,
     )
     assert done.returncode == 4, done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: no Kaggle credentials: create an API token")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: no usable Kaggle credentials (none found, or the token was refused): create")
+    )
     assert "Traceback" not in done.stderr
 
 
@@ -394,6 +419,16 @@ def test_corrupt_download_leaves_no_manifest(creds, api, capsys):
     assert kaggle.main(["fetch", f"{KERNEL}/5", "--out", "fetched"]) == 3
     assert "changed report.md" in capsys.readouterr().err
     assert not Path("fetched/r1/manifest.json").exists()
+
+
+def test_output_naming_a_file_outside_the_run_folder_is_refused(creds, api, capsys, tmp_path):
+    answer(api, "GetKernelSessionStatus", {"status": "COMPLETE"})
+    files = fake_run_folder(creds, "r1")
+    files["runs/r1/../../escaped.txt"] = b"x"
+    serve_output(api, files)
+    assert kaggle.main(["fetch", f"{KERNEL}/5", "--out", "fetched"]) == 3
+    assert "outside its run folder" in capsys.readouterr().err
+    assert not (tmp_path / "escaped.txt").exists() and not Path("fetched/r1/manifest.json").exists()
 
 
 def test_output_without_a_complete_run(creds, api, capsys):
