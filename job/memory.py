@@ -1,7 +1,7 @@
 """How much GPU memory a config needs, estimated from the model's shape without loading it.
 
-The launchers use it to refuse an instance whose GPU is too small before any GPU second is paid for, and the
-job's preflight uses it to say what to lower before it starts. Imports neither torch nor transformers.
+The launchers use it to refuse an instance whose GPU is too small before any GPU second is paid for; the job's
+preflight can use it to say what to lower before it starts. Imports neither torch nor transformers.
 
 All figures are GiB (2**30 bytes), the unit `torch.cuda.get_device_properties(0).total_memory` reports once
 divided by 2**30; keys end in `_gb` for brevity. The estimate is deliberately simple (a sum of the big parts,

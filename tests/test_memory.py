@@ -54,6 +54,18 @@ def test_instruct_variants_and_local_folders_resolve(tmp_path: Path) -> None:
         memory.architecture("someone/unheard-of-model")
 
 
+def test_t5_config_json_is_read(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12, "d_kv": 64,
+             "vocab_size": 32128, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
+        )
+    )  # fmt: skip
+    assert memory.architecture(str(tmp_path)) == memory.ARCHITECTURES["google/flan-t5-base"]
+    cfg = config.resolve("test", [f"model.name={tmp_path}"])
+    assert memory.estimate_gpu_memory(cfg)["total"] > memory.estimate_gpu_memory(config.resolve("test"))["total"]
+
+
 def test_lora_parameter_count_matches_peft_for_llama_3b() -> None:
     # PEFT reports 24,313,856 trainable parameters for r=16 all-linear on Llama-3.2-3B.
     arch = memory.architecture("meta-llama/Llama-3.2-3B")
