@@ -126,6 +126,7 @@ def _exists(client, bucket: str, key: str) -> bool:
 
 def _deliver_s3(files: list[tuple[Path, str]], uri: str, run_name: str) -> str:
     from boto3.s3.transfer import TransferConfig
+    from tqdm.auto import tqdm
 
     bucket, run_prefix = split_s3(uri, run_name)
     destination = f"s3://{bucket}/{run_prefix}/"
@@ -138,11 +139,13 @@ def _deliver_s3(files: list[tuple[Path, str]], uri: str, run_name: str) -> str:
     transfer = TransferConfig(multipart_threshold=S3_PART_SIZE, multipart_chunksize=S3_PART_SIZE)
     total = sum(local.stat().st_size for local, _ in files)
     log.info("uploading %d files (%.1f MB) to %s", len(files), total / 1e6, destination)
-    for local, rel in files:  # run_files puts the manifest last: its presence marks a complete upload
-        key = f"{run_prefix}/{rel}"
-        client.upload_file(str(local), bucket, key, Config=transfer)
-        _verify_size(client, bucket, key, local.stat().st_size)
-        log.debug("uploaded s3://%s/%s", bucket, key)
+    # disable=None: a bar on a terminal, nothing in captured logs (SageMaker, Kaggle) where it would be noise
+    with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=None) as bar:
+        for local, rel in files:  # run_files puts the manifest last: its presence marks a complete upload
+            key = f"{run_prefix}/{rel}"
+            client.upload_file(str(local), bucket, key, Config=transfer, Callback=bar.update)
+            _verify_size(client, bucket, key, local.stat().st_size)
+            log.debug("uploaded s3://%s/%s", bucket, key)
     log.info("run delivered to %s", destination)
     return destination
 

@@ -149,7 +149,7 @@ def is_hub_id(model_name: str) -> bool:
         return False
     if Path(model_name).exists() or model_name.startswith((".", "/", "~")):
         return False
-    return 1 <= model_name.count("/") <= 1 and all(model_name.split("/"))
+    return model_name.count("/") == 1 and all(model_name.split("/"))
 
 
 def check_model_access(model_name: str, token: str | None, revision: str | None = None) -> None:

@@ -253,3 +253,17 @@ def test_an_unreachable_hub_does_not_stop_the_job(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="job.secrets"):
         secrets.check_model_access("someone/public-model", None)
     assert "could not check access to someone/public-model" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "checked"),
+    [
+        ("meta-llama/Llama-3.2-3B-Instruct", True),
+        ("builtin:tiny-llama", False),
+        ("/opt/ml/input/data/model", False),
+        ("./models/llama", False),
+        ("a/b/c", False),
+    ],
+)
+def test_only_hub_ids_are_checked(name, checked):
+    assert secrets.is_hub_id(name) is checked
