@@ -163,6 +163,7 @@ def _card_data(cfg: Config, metrics: dict[str, Any], repo_id: str, license_id: s
         datasets=[dataset_id] if dataset_id else None,
         library_name="peft",
         license=license_id or "other",
+        license_name=None if license_id else "base-model-license",  # the Hub asks for a name with `other`
         pipeline_tag="text-generation",
         tags=[cfg.method, "summarization"] + (["dialogsum"] if "dialogsum" in cfg.data.dataset.lower() else []),
         eval_results=results or None,

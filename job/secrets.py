@@ -76,15 +76,18 @@ def _from_secrets_manager() -> tuple[str | None, str]:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    # An ARN names its region; a plain name is looked up in the job's own region.
+    region = secret_id.split(":")[3] if secret_id.startswith("arn:") and secret_id.count(":") >= 6 else None
     try:
-        response = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        response = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         raise AuthError(_secrets_manager_fix(secret_id, code)) from None
     except BotoCoreError as e:
         raise AuthError(
             f"cannot read secret {secret_id} from AWS Secrets Manager ({e.__class__.__name__}): the job needs AWS "
-            "credentials and a route to Secrets Manager (a VPC endpoint or NAT inside a VPC)"
+            "credentials, a region (AWS_REGION, or give the secret's ARN) and a route to Secrets Manager "
+            "(a VPC endpoint or NAT inside a VPC)"
         ) from None
     return _token_from_secret(secret_id, response.get("SecretString")), secret_id
 

@@ -281,3 +281,18 @@ def test_hub_destination_is_checked_before_training(stand_in, monkeypatch, tmp_p
     with pytest.raises(AuthError, match="needs a Hugging Face token with write access: set HF_TOKEN"):
         hub_check(monkeypatch, "")
     assert [p for m, p in stand_in.requests if m == "POST"] == []  # nothing created by a check
+
+
+def test_card_for_a_local_base_model_and_other_data(tmp_path):
+    run = make_run(tmp_path, "run-a")
+    weights = tmp_path / "channel-model"
+    weights.mkdir()
+    cfg = config_mod.resolve(
+        str(run / "config.yaml"), [f"model.name={weights}", f"data.dataset={tmp_path / 'mine.jsonl'}"]
+    )
+    card = hub.model_card(run, cfg, "team/local")
+    meta = front_matter(card)
+    assert "base_model" not in meta and "datasets" not in meta  # not hub ids: nothing to link
+    assert (meta["license"], meta["license_name"]) == ("other", "base-model-license")
+    assert "dialogsum" not in meta["tags"]
+    assert "carries its own licence; check it before using or sharing this adapter" in card

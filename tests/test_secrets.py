@@ -267,3 +267,13 @@ def test_an_unreachable_hub_does_not_stop_the_job(monkeypatch, caplog):
 )
 def test_only_hub_ids_are_checked(name, checked):
     assert secrets.is_hub_id(name) is checked
+
+
+def test_secret_arn_is_read_in_its_own_region(monkeypatch, caplog):
+    with mock_aws():
+        arn = boto3.client("secretsmanager", region_name="eu-west-1").create_secret(Name="hf", SecretString=TOKEN)[
+            "ARN"
+        ]
+        monkeypatch.setenv("HF_TOKEN_SECRET_ID", arn)  # the job's region is us-east-1
+        token, _ = resolved(caplog)
+    assert token == TOKEN
