@@ -39,7 +39,7 @@ def run_files(run_dir: Path) -> list[tuple[Path, str]]:
     if not rundir.is_complete(run_dir):
         raise OutputError(
             f"{run_dir} has no {MANIFEST}: that run did not finish, so there is nothing complete to publish; "
-            "train again (`python -m job train ...`)"
+            f"run the same `python -m job train` command with output.run_name={run_dir.name} to resume it"
         )
     try:
         entries = json.loads((run_dir / MANIFEST).read_text())["files"]
