@@ -30,6 +30,7 @@ from typing import Any
 from job import config as config_mod
 from job import memory, runtime
 from launch import catalog
+from launch.kaggle_kernel import SESSION_LIMIT_FILE
 
 KERNEL_TEMPLATE = Path(__file__).with_name("kaggle_kernel.py")
 CODE_FILE = "dialogsum_kernel.py"
@@ -40,11 +41,15 @@ PYPROJECT = JOB_PACKAGE.parent / "pyproject.toml"
 SESSION_HOURS = 12.0
 OUTPUT_LIMIT_GB = 20.0
 STARTUP_HOURS = 0.15  # image start, pip install of the job's requirements, model download
+# The kernel stops the job this long after it starts: the session's clock starts earlier (machine start), and the
+# job needs time to write its checkpoint and Kaggle to save the output.
+STOP_AFTER_S = (SESSION_HOURS - 0.5) * 3600
 
 # Machine shapes the SaveKernel API takes -> (GPU in launch.catalog, GPUs). P100 is retired: Kaggle runs T4 instead.
 SHAPES: dict[str, tuple[str, int]] = {"NvidiaTeslaT4": ("T4", 2), "NvidiaTeslaP100": ("T4", 2)}
 DEFAULT_SHAPE = "NvidiaTeslaT4"
 
+EXIT_RESUME = 75  # EX_TEMPFAIL: the version stopped before the session limit; a --resume version continues it
 TERMINAL = {"COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"}
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{3,48}[a-z0-9]")
 OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -184,7 +189,7 @@ def code_file(cfg: config_mod.Config, settings: dict[str, Any]) -> str:
     for placeholder, value in (
         ('PAYLOAD = ""', f'PAYLOAD = """\n{wrapped(payload(cfg))}\n"""'),
         (
-            "SETTINGS: dict[str, Any] = {}  # filled in by the launcher: kernel, run_name, model, resume",
+            "SETTINGS: dict[str, Any] = {}  # filled in by the launcher: kernel, run_name, model, resume, stop_after_s",
             f"SETTINGS: dict[str, Any] = {dict(sorted(settings.items()))!r}",
         ),
     ):
@@ -199,7 +204,13 @@ def write_kernel_folder(
     folder: Path, cfg: config_mod.Config, kernel: Kernel, shape: str, public: bool, resume: bool
 ) -> dict[str, Any]:
     meta = metadata_for(kernel, shape, public, resume)
-    settings = {"kernel": kernel.ref, "run_name": cfg.output.run_name, "model": cfg.model.name, "resume": resume}
+    settings = {
+        "kernel": kernel.ref,
+        "run_name": cfg.output.run_name,
+        "model": cfg.model.name,
+        "resume": resume,
+        "stop_after_s": STOP_AFTER_S,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (folder / CODE_FILE).write_text(code_file(cfg, settings), encoding="utf-8")
@@ -498,6 +509,9 @@ def finished_run(files: list[Any], kernel: Kernel) -> str:
         for parts in (f.file_name.split("/") for f in files)
         if parts[0] == "runs" and parts[2:] == ["manifest.json"]
     )
+    limit = next((f for f in files if f.file_name == SESSION_LIMIT_FILE), None)
+    if not complete and limit is not None:
+        raise stopped_early(kernel, limit.url)
     if not complete:
         raise LaunchError(
             f"{kernel.ref} finished without a complete run folder (no runs/*/manifest.json in its output); "
@@ -505,6 +519,22 @@ def finished_run(files: list[Any], kernel: Kernel) -> str:
             1,
         )
     return complete[-1]
+
+
+def stopped_early(kernel: Kernel, url: str) -> LaunchError:
+    """The kernel stopped the job before Kaggle's session limit and left its checkpoints: say how to continue."""
+    import requests
+
+    try:
+        checkpoints = requests.get(url, timeout=60).json().get("checkpoints") or []
+    except (requests.RequestException, ValueError):
+        checkpoints = []
+    newest = f"newest checkpoint {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
+    return LaunchError(
+        f"{kernel.ref} stopped before Kaggle's {SESSION_HOURS:.0f}-hour session limit ({newest}); continue it with "
+        f"`python -m launch kaggle --config <the same config> --kernel {kernel.ref} --resume --wait`",
+        EXIT_RESUME,
+    )
 
 
 def download(url: str, run_dir: Path, relative: str) -> None:

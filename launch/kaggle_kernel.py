@@ -5,6 +5,8 @@ base64 tar.gz of the `job` package, the resolved config and the requirements) an
 kernel it: unpacks the job, checks the Hugging Face token (seconds, before anything is installed), pins one GPU,
 installs its requirements without touching Kaggle's preinstalled torch, copies the previous version's
 checkpoints in on a resumed version, and runs `python -m job train` with the run folder under the working folder.
+Before Kaggle's session limit it stops the job (which checkpoints on SIGTERM) and ends cleanly, so the checkpoints
+are kept as the version's output for the next `--resume` version.
 
 It needs only the standard library and the unpacked job's torch-free modules: it runs before the job's
 requirements are installed. Locally (tests, debugging) the folders come from DIALOGSUM_WORKING_DIR and
@@ -18,19 +20,23 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-SETTINGS: dict[str, Any] = {}  # filled in by the launcher: kernel, run_name, model, resume
+SETTINGS: dict[str, Any] = {}  # filled in by the launcher: kernel, run_name, model, resume, stop_after_s
 
 EXIT_AUTH = 4  # the job's exit code for credential problems (job.errors.AuthError)
 SECRET_NAME = "HF_TOKEN"
+SESSION_LIMIT_FILE = "session-limit.json"  # in the working folder: the version stopped early and can be resumed
+STOP_GRACE_S = 15 * 60  # after SIGTERM the job finishes its step and writes a checkpoint; a 3B adapter takes seconds
 
 
 def say(message: str) -> None:
@@ -39,6 +45,12 @@ def say(message: str) -> None:
 
 def working_dir() -> Path:
     return Path(os.environ.get("DIALOGSUM_WORKING_DIR", "/kaggle/working"))
+
+
+def stop_after_s(settings: dict[str, Any]) -> float:
+    """Seconds after the kernel starts when the job is stopped, so the version ends (and Kaggle keeps its output)
+    before the session's hard limit."""
+    return float(os.environ.get("DIALOGSUM_STOP_AFTER_S", settings["stop_after_s"]))
 
 
 def input_dir() -> Path:
@@ -215,7 +227,45 @@ def job_command(src: Path, settings: dict[str, Any], working: Path) -> list[str]
     ]
 
 
+def run_job(command: list[str], cwd: Path, env: dict[str, str], limit_s: float) -> tuple[int, bool]:
+    """(exit status, stopped early). At the time limit, or when Kaggle stops the kernel with SIGTERM, the job gets
+    SIGTERM: it saves a checkpoint after the current step and exits, and a `--resume` version continues from it."""
+    job = subprocess.Popen(command, cwd=cwd, env=env)
+    stopped = False
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal stopped
+        stopped = True
+        say("SIGTERM: stopping the job; it saves a checkpoint first")
+        job.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        try:
+            return job.wait(timeout=max(limit_s, 0)), stopped
+        except subprocess.TimeoutExpired:
+            say("time budget used up: stopping the job before Kaggle's session limit; it saves a checkpoint first")
+            job.send_signal(signal.SIGTERM)
+        try:
+            return job.wait(timeout=STOP_GRACE_S), True
+        except subprocess.TimeoutExpired:
+            job.kill()
+            return job.wait(), True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def record_session_limit(working: Path, run_name: str, status: int) -> None:
+    """What a `--resume` version will continue from, for the launcher to report."""
+    names = sorted((p.name for p in (working / "checkpoints").glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
+    info = {"run_name": run_name, "job_exit_status": status, "checkpoints": names}
+    (working / SESSION_LIMIT_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    newest = names[-1] if names else "none yet: a resumed version starts over"
+    say(f"stopped before the session limit; newest checkpoint: {newest}. Push again with --resume to continue.")
+
+
 def run(payload: str, settings: dict[str, Any]) -> int:
+    started = time.monotonic()
     kernel = settings["kernel"]
     working = working_dir()
     say(f"{kernel}: run {settings['run_name']}, model {settings['model']}, working folder {working}")
@@ -234,7 +284,11 @@ def run(payload: str, settings: dict[str, Any]) -> int:
         env["HF_TOKEN"] = token
     command = job_command(src, settings, working)
     say("running: " + " ".join(command[1:]))
-    return subprocess.run(command, cwd=src, env=env).returncode
+    status, stopped = run_job(command, src, env, stop_after_s(settings) - (time.monotonic() - started))
+    if stopped and not (working / "runs" / settings["run_name"] / "manifest.json").is_file():
+        record_session_limit(working, settings["run_name"], status)
+        return 0  # a clean end, so Kaggle keeps /kaggle/working (the checkpoints) as this version's output
+    return status
 
 
 def main() -> int:

@@ -431,6 +431,21 @@ def test_output_naming_a_file_outside_the_run_folder_is_refused(creds, api, caps
     assert not (tmp_path / "escaped.txt").exists() and not Path("fetched/r1/manifest.json").exists()
 
 
+def test_version_stopped_at_the_session_limit_says_resume(creds, api, capsys):
+    answer(api, "GetKernelSessionStatus", {"status": "COMPLETE"})
+    limit = {"run_name": "r1", "job_exit_status": 1, "checkpoints": ["checkpoint-600", "checkpoint-700"]}
+    files = {
+        "session-limit.json": json.dumps(limit).encode(),
+        "runs/r1/config.yaml": b"x: 1\n",
+        "checkpoints/checkpoint-700/adapter_config.json": b"{}",
+    }
+    serve_output(api, files)
+    assert kaggle.main(["fetch", f"{KERNEL}/5", "--out", "fetched"]) == kaggle.EXIT_RESUME
+    err = capsys.readouterr().err
+    assert "stopped before Kaggle's 12-hour session limit (newest checkpoint checkpoint-700)" in err
+    assert f"--kernel {KERNEL} --resume --wait" in err
+
+
 def test_output_without_a_complete_run(creds, api, capsys):
     answer(api, "GetKernelSessionStatus", {"status": "COMPLETE"})
     serve_output(api, {"runs/r1/config.yaml": b"x: 1\n", "checkpoints/checkpoint-6/adapter_config.json": b"{}"})
@@ -508,6 +523,37 @@ def test_kernel_reads_the_attached_secret_without_printing_it(tmp_path, monkeypa
     assert kaggle_kernel.hf_token("builtin:tiny-llama", KERNEL) is None
 
 
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+
+def stop(signum, frame):
+    Path("got-sigterm").write_text("checkpoint")
+    sys.exit(1)
+
+signal.signal(signal.SIGTERM, stop)
+Path("ready").write_text("")
+time.sleep(60)
+"""
+
+
+def test_time_budget_stops_the_job_with_sigterm(tmp_path):
+    """A real child process standing in for the job: it records SIGTERM the way the job checkpoints on it."""
+    import signal
+    import time
+
+    from launch.kaggle_kernel import run_job
+
+    before = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    status, stopped = run_job([sys.executable, "-c", CHILD], tmp_path, dict(os.environ), limit_s=3)
+    assert (status, stopped) == (1, True) and time.monotonic() - started < 30
+    assert (tmp_path / "got-sigterm").read_text() == "checkpoint"
+    assert signal.getsignal(signal.SIGTERM) == before
+    status, stopped = run_job([sys.executable, "-c", "print('done')"], tmp_path, dict(os.environ), limit_s=60)
+    assert (status, stopped) == (0, False)
+
+
 def test_previous_checkpoints_are_found_where_kaggle_mounts_them(tmp_path):
     from launch.kaggle_kernel import previous_checkpoints
 
@@ -520,40 +566,58 @@ def test_previous_checkpoints_are_found_where_kaggle_mounts_them(tmp_path):
     assert previous_checkpoints(tmp_path, "dialogsum-test") == direct.parent
 
 
+def run_until_checkpoint_then_stop(code: Path, env: dict[str, str], log: Path) -> tuple[int, str]:
+    """Run the kernel file; once the job has saved its first checkpoint, send the kernel SIGTERM as Kaggle does at
+    its session limit. Returns (exit status, the job's stderr)."""
+    import signal
+
+    with open(log, "w") as out:
+        kernel = subprocess.Popen([sys.executable, str(code)], env=env, stdout=out, stderr=subprocess.PIPE, text=True)
+        lines = []
+        for line in kernel.stderr:
+            lines.append(line)
+            if "checkpoint saved:" in line and kernel.poll() is None:
+                kernel.send_signal(signal.SIGTERM)
+        return kernel.wait(timeout=300), "".join(lines)
+
+
 @pytest.mark.slow
-def test_generated_kernel_runs_the_job_and_a_resumed_version_continues(creds, tmp_path):
-    """The file we push, run with Python on the `test` preset as Kaggle would run it (KAGGLE_KERNEL_RUN_TYPE set,
-    the HF_TOKEN secret attached through the stand-in kaggle_secrets), then a `--resume` version of it run with
-    the first version's output mounted as its input."""
+def test_generated_kernel_stops_at_the_limit_and_a_resumed_version_completes_the_run(creds, tmp_path):
+    """The file we push, run with Python on the `test` preset as Kaggle runs it (KAGGLE_KERNEL_RUN_TYPE set, the
+    HF_TOKEN secret attached through the stand-in kaggle_secrets). Version 1 is stopped with SIGTERM after its first
+    checkpoint, as at Kaggle's session limit; version 2, pushed with --resume, gets version 1's output mounted as
+    its input, continues from the newest checkpoint and completes the run folder."""
     secrets = {"HF_TOKEN": PLANTED_HF}
     first = build_kernel(tmp_path / "k1")
     working = tmp_path / "w1"
     env = kernel_env(tmp_path, working, secrets, KAGGLE_KERNEL_RUN_TYPE="Batch")
-    done = subprocess.run([sys.executable, str(first)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    run_dir = Path(done.stdout.strip().splitlines()[-1])
-    assert run_dir.parent == working / "runs" and run_dir.name.startswith("dialogsum-test-")
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["platform"] == "kaggle"
-    assert {"metrics.json", "predictions.jsonl", "report.md", "config.yaml"} <= {f["path"] for f in manifest["files"]}
-    assert "Hugging Face token: from Kaggle secret HF_TOKEN" in done.stderr  # the job read the stand-in secret
-    for path in [p for p in working.rglob("*") if p.is_file()]:
-        assert PLANTED_HF.encode() not in path.read_bytes(), path
-    assert PLANTED_HF not in done.stdout + done.stderr
-    checkpoints = sorted((working / "checkpoints").glob("checkpoint-*"))
-    assert [c.name for c in checkpoints] == ["checkpoint-12", "checkpoint-6"]
+    status, stderr = run_until_checkpoint_then_stop(first, env, tmp_path / "k1.log")
+    stdout = (tmp_path / "k1.log").read_text()
+    assert status == 0, stderr[-3000:]
+    assert "SIGTERM: stopping the job" in stdout and "SIGTERM received: saving a checkpoint" in stderr
+    limit = json.loads((working / "session-limit.json").read_text())
+    assert "checkpoint-6" in limit["checkpoints"] and limit["run_name"].startswith("dialogsum-test-")
+    assert not list(working.glob("runs/*/manifest.json"))
+    newest = limit["checkpoints"][-1]
 
-    # Version 2: Kaggle mounts version 1's output read-only under /kaggle/input/<slug>/; as if version 1 had been
-    # stopped after step 6, only checkpoint-6 is there.
+    # Version 2: Kaggle mounts version 1's output read-only under /kaggle/input/<slug>/.
     mounted = tmp_path / "input" / "dialogsum-test"
-    shutil.copytree(working, mounted, ignore=shutil.ignore_patterns("checkpoint-12"))
+    shutil.copytree(working, mounted)
     second = build_kernel(tmp_path / "k2", "--resume")
     env = kernel_env(tmp_path, tmp_path / "w2", secrets, KAGGLE_KERNEL_RUN_TYPE="Batch")
     done = subprocess.run([sys.executable, str(second)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resume: copied {mounted / 'checkpoints'}" in done.stdout
-    assert re.search(r"resuming from checkpoint \S*w2/checkpoints/checkpoint-6", done.stderr)
-    resumed = Path(done.stdout.strip().splitlines()[-1])
-    assert resumed.name == run_dir.name and (resumed / "manifest.json").is_file()
-    metrics = json.loads((resumed / "metrics.json").read_text())
-    assert metrics["run"]["resumed_from"].endswith("checkpoint-6") and metrics["train"]["steps"] == 12
+    assert re.search(rf"resuming from checkpoint \S*w2/checkpoints/{newest}\b", done.stderr)
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    assert run_dir == tmp_path / "w2" / "runs" / limit["run_name"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["platform"] == "kaggle"
+    assert {"metrics.json", "predictions.jsonl", "report.md", "config.yaml"} <= {f["path"] for f in manifest["files"]}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run"]["resumed_from"].endswith(newest) and metrics["train"]["steps"] == 12
+
+    assert "Hugging Face token: from Kaggle secret HF_TOKEN" in done.stderr  # the job read the stand-in secret
+    assert PLANTED_HF not in stdout + stderr + done.stdout + done.stderr
+    for path in [p for p in tmp_path.glob("w*/**/*") if p.is_file()]:
+        assert PLANTED_HF.encode() not in path.read_bytes(), path
