@@ -507,9 +507,12 @@ def run_command(argv: list[str]) -> int:
             job = follow_mod.follow(sm, boto.client("logs"), args.job, out=print)
             print(follow_mod.status_line(job))
             return 0
-        follow_mod.describe(sm, args.job)  # a clear error for an unknown job
-        for line in follow_mod.LogTail(boto.client("logs"), args.job).new_lines():
+        job = follow_mod.describe(sm, args.job)  # a clear error for an unknown job
+        lines = list(follow_mod.LogTail(boto.client("logs"), args.job).new_lines())
+        for line in lines:
             print(line)
+        if not lines:
+            _note(f"no log lines yet ({follow_mod.status_line(job)})")
         return 0
     if args.command == "fetch":
         job = follow_mod.describe(sm, args.job)

@@ -657,6 +657,8 @@ def test_fetch_of_an_unfinished_run_says_so(aws, tmp_path: Path, capsys: pytest.
     aws["session"].client("s3").put_object(Bucket=BUCKET, Key=f"exp/runs/{NAME}/metrics.json", Body=b"{}")
     assert sm_cli.main(["fetch", NAME, "--to", str(tmp_path), "--region", REGION]) == 1
     assert "no complete run (no manifest.json" in capsys.readouterr().err
+    assert sm_cli.main(["logs", NAME, "--region", REGION]) == 0
+    assert "no log lines yet" in capsys.readouterr().err
     assert sm_cli.main(["status", "no-such-job", "--region", REGION]) == 1
     assert "no training job named 'no-such-job'" in capsys.readouterr().err
 
@@ -769,6 +771,12 @@ def test_launch_run_like_sagemaker_and_fetch(moto_server, tmp_path: Path, capsys
     lines = [line for line in done.stdout.splitlines() if line.startswith("metrics: ")]
     for metric in req.metric_definitions():
         assert any(re.search(metric["Regex"], line) for line in lines), metric["Name"]
+
+    session = moto_server["session"]
+    clients = session.client("sagemaker"), session.client("logs"), session.client("s3")
+    assert sm_cli.watch(*clients, job_name, poll_s=0) == 0  # what --wait prints at the end
+    watched = capsys.readouterr().out
+    assert re.search(r"^rouge1\s+\d+\.\d\d \(", watched, re.MULTILINE)
 
     assert sm_cli.main(["status", job_name, "--region", REGION]) == 0
     status = capsys.readouterr().out
