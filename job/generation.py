@@ -43,7 +43,13 @@ def greedy_config(model, tokenizer, max_new_tokens: int):
 
 @torch.inference_mode()
 def generate(
-    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int, desc: str = "generating"
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    desc: str = "generating",
+    show_progress: bool = True,
 ) -> Generated:
     """Greedy summaries for prompts given as token ids, in the prompts' order."""
     import time
@@ -56,7 +62,7 @@ def generate(
     texts: list[str | None] = [None] * len(prompts)
     hit = [False] * len(prompts)
     start = time.perf_counter()
-    bar = tqdm(total=len(prompts), desc=desc, unit="dialogue", dynamic_ncols=True)
+    bar = tqdm(total=len(prompts), desc=desc, unit="dialogue", dynamic_ncols=True, disable=not show_progress)
     i = 0
     while i < len(order):
         idx = order[i : i + batch_size]
@@ -100,3 +106,30 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, device) ->
         text = tokenizer.decode(row, skip_special_tokens=True).strip()
         results.append((text, not ended and len(row) >= config.max_new_tokens))
     return results
+
+
+def generate_across_ranks(
+    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int, desc: str = "generating"
+) -> Generated:
+    """`generate` with the prompts split across torchrun ranks and gathered back in order (one process: the same)."""
+    from job import distributed, runtime
+
+    mine = distributed.shard(len(prompts))
+    local = generate(
+        model,
+        tokenizer,
+        [prompts[i] for i in mine],
+        max_new_tokens,
+        batch_size,
+        desc,
+        show_progress=runtime.is_main_process(),
+    )
+    merged = distributed.gather_in_order(
+        len(prompts), {i: (t, h) for i, t, h in zip(mine, local.texts, local.hit_max_new_tokens)}
+    )
+    return Generated(
+        texts=[t for t, _ in merged],
+        hit_max_new_tokens=[h for _, h in merged],
+        batch_size=local.batch_size,
+        seconds=distributed.max_all(local.seconds),
+    )

@@ -52,15 +52,20 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / MANIFEST).is_file()
 
 
-def prepare(cfg: Config) -> Path:
-    """Create (or reopen, to resume) the run folder; a complete one is an error, never overwritten."""
-    parent = local_parent(cfg)
-    run_dir = (parent / cfg.output.run_name).resolve()  # type: ignore[operator]
+def run_path(cfg: Config) -> Path:
+    """The run folder's path; a complete one is an error (checked before anything else happens)."""
+    run_dir = (local_parent(cfg) / cfg.output.run_name).resolve()  # type: ignore[operator]
     if is_complete(run_dir):
         raise OutputError(
             f"run folder {run_dir} is complete (it holds {MANIFEST}) and is never written again; choose another "
             f"output.run_name or leave it unset for a fresh one"
         )
+    return run_dir
+
+
+def prepare(cfg: Config) -> Path:
+    """Create (or reopen, to resume) the run folder; a complete one is an error, never overwritten."""
+    run_dir = run_path(cfg)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-probe"

@@ -108,3 +108,20 @@ def pin_single_gpu() -> str | None:
         os.environ["CUDA_VISIBLE_DEVICES"] = "0"
         return f"{n} GPUs visible; this single process uses GPU 0 (run under torchrun to use all)"
     return None
+
+
+def rank() -> int:
+    """This process's global rank under torchrun (0 alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0

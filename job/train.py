@@ -33,20 +33,34 @@ def main(argv: list[str]) -> int:
     if pinned:
         log.warning(pinned)
     run_dir = run(cfg)
-    print(run_dir, flush=True)
+    if run_dir is not None:
+        print(run_dir, flush=True)
     return 0
 
 
-def run(cfg: Config) -> Path:
-    from job import data, faults, generation, modeling, preflight, prompts, rundir, scoring, secrets, training
+def run(cfg: Config) -> Path | None:
+    """The whole job; returns the run folder (None on the helper ranks of a torchrun job)."""
+    from job import (
+        data,
+        distributed,
+        faults,
+        generation,
+        modeling,
+        preflight,
+        prompts,
+        rundir,
+        scoring,
+        secrets,
+        training,
+    )
     from job.errors import JobError, ResourceError
 
     started_at, t0 = rundir.now(), time.perf_counter()
+    distributed.setup()
+    main_rank = runtime.is_main_process()
     if cfg.output.run_name is None:
-        cfg.output.run_name = runtime.default_run_name(cfg.hash())
-    run_dir = rundir.prepare(cfg)
-    log.info("run folder: %s", run_dir)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        cfg.output.run_name = distributed.broadcast(runtime.default_run_name(cfg.hash()))
+    run_dir = rundir.run_path(cfg)
 
     token = secrets.resolve_hf_token()
     preflight.check(cfg, token)
@@ -71,6 +85,13 @@ def run(cfg: Config) -> Path:
         sum(len(d.references) for d in dialogues),
     )
 
+    if main_rank:
+        run_dir = rundir.prepare(cfg)
+        log.info("run folder: %s", run_dir)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        modeling.resolve_model_path(cfg, run_dir)  # a built-in model is written once, by rank 0
+    distributed.barrier()
+
     faults.inject("load_model", cfg=cfg)
     path = modeling.resolve_model_path(cfg, run_dir)
     tokenizer = modeling.load_tokenizer(path, cfg)
@@ -80,7 +101,9 @@ def run(cfg: Config) -> Path:
     prompt_ids = [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
 
     def summarize(desc: str) -> generation.Generated:
-        return generation.generate(model, tokenizer, prompt_ids, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc)
+        return generation.generate_across_ranks(
+            model, tokenizer, prompt_ids, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc
+        )
 
     base = summarize("base model summaries") if cfg.eval.base else None
 
@@ -94,10 +117,12 @@ def run(cfg: Config) -> Path:
         raise JobError(f"{e}; run the same command again (same output.run_name={run_dir.name}) to resume") from None
     model = trainer.model
     model.config.use_cache = True
-
-    modeling.save_adapter(model, tokenizer, cfg, run_dir / "adapter")
-
+    if main_rank:
+        modeling.save_adapter(model, tokenizer, cfg, run_dir / "adapter")
     tuned = summarize("fine-tuned summaries")
+    if not main_rank:  # rank 0 scores, writes and publishes alone
+        distributed.cleanup()
+        return None
     refs = [d.references for d in dialogues]
     seed, samples = cfg.train.seed, cfg.eval.bootstrap_samples
     scores = {"finetuned": scoring.score(tuned.texts, refs, samples, seed)}
@@ -174,6 +199,7 @@ def run(cfg: Config) -> Path:
 
         where = publish.deliver(run_dir, cfg)
         log.info("published to %s", where)
+    distributed.cleanup()
     return run_dir
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from job import faults, logs, prompts
+from job import distributed, faults, logs, prompts, runtime
 from job.config import Config
 from job.errors import ResourceError, TrainingError
 from job.modeling import Hardware
@@ -167,6 +167,8 @@ def _callbacks(run_dir: Path):
 
         def on_log(self, args, state, control, logs_=None, **kwargs):
             values = kwargs.get("logs") or logs_ or {}
+            if not state.is_world_process_zero:
+                return
             if "loss" in values:
                 loss = float(values["loss"])
                 if not math.isfinite(loss):
@@ -193,7 +195,7 @@ def _callbacks(run_dir: Path):
             import json
 
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if path.is_dir():
+            if state.is_world_process_zero and path.is_dir():
                 (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
                 log.info("checkpoint saved: %s", path)
 
@@ -257,13 +259,15 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     mode = packing_mode(cfg, hw, attn)
     collator = make_collator(mode, tokenizer)
     total, eval_every, save_every = _steps(cfg, len(train_ds))
+    world = runtime.world_size()
     log.info(
-        "batches: %s; %d optimizer steps; effective batch %d (batch_size %d x accumulation %d)",
+        "batches: %s; %d optimizer steps; effective batch %d (batch_size %d x accumulation %d x %d processes)",
         mode,
         total,
-        cfg.train.batch_size * cfg.train.gradient_accumulation_steps,
+        cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world,
         cfg.train.batch_size,
         cfg.train.gradient_accumulation_steps,
+        world,
     )
     model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
     args = TrainingArguments(
@@ -295,6 +299,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         length_column_name="length",
         remove_unused_columns=False,
         gradient_checkpointing=False,  # already enabled on the model before LoRA was attached
+        ddp_find_unused_parameters=False,  # only LoRA weights train, all of them every step
         report_to="none",
         seed=cfg.train.seed,
         data_seed=cfg.train.seed,
@@ -303,8 +308,10 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     )
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    main = runtime.is_main_process()
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard")) if main else None
     metrics_cb, complete_cb, sigterm_cb = _callbacks(run_dir)
+    callbacks = [metrics_cb, complete_cb, sigterm_cb] + ([TensorBoardCallback(tb_writer=writer)] if main else [])
     columns = ["input_ids", "labels"]
     trainer = Trainer(
         model=model,
@@ -313,7 +320,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         eval_dataset=eval_ds.select_columns(columns) if eval_ds is not None else None,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[TensorBoardCallback(tb_writer=writer), metrics_cb, complete_cb, sigterm_cb],
+        callbacks=callbacks,
     )
     resume = resume_point(checkpoint_dir)
     if resume is not None:
@@ -331,7 +338,8 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
             f"checkpoint in {checkpoint_dir} is kept."
         ) from None
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     seconds = time.perf_counter() - start
     if sigterm_cb.requested:
         raise Interrupted(
@@ -345,7 +353,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         if trainer.state.best_metric is not None
         else (eval_losses[-1] if eval_losses else None)
     )
-    real = collator.real
+    real, fed = distributed.sum_all(collator.real, collator.total)
     return trainer, TrainResult(
         loss=float(output.training_loss) if losses else None,
         eval_loss=float(best_eval) if best_eval is not None else None,
@@ -353,8 +361,8 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         epochs=float(trainer.state.epoch or 0.0),
         seconds=seconds,
         tokens_per_second=real / seconds if seconds > 0 else 0.0,
-        padding_fraction=1 - real / collator.total if collator.total else 0.0,
-        peak_memory_mb=peak_memory_mb(hw),
+        padding_fraction=1 - real / fed if fed else 0.0,
+        peak_memory_mb=distributed.max_all(peak_memory_mb(hw)),
         history=history,
         resumed_from=str(resume) if resume else None,
         truncated_examples=truncated,

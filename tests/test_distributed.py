@@ -1,0 +1,97 @@
+"""The job under `torchrun --nproc_per_node 2` on the CPU (gloo): DDP over two processes, each with its own 4-bit
+model; rank 0 alone writes exactly one run folder; killed mid-training and restarted, it resumes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from job import rundir
+from tests.conftest import REPO, job_env
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "job",
+        "train",
+        "--config",
+        "test",
+        *args,
+    ]
+
+
+def test_two_processes_write_one_complete_run(tmp_path):
+    proc = subprocess.run(
+        torchrun(f"output.uri={tmp_path}", "output.run_name=ddp"),
+        capture_output=True,
+        text=True,
+        env=job_env(),
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    run = tmp_path / "ddp"
+    assert rundir.verify(run) == []
+    assert proc.stdout.count(str(run)) == 1  # only rank 0 reports the folder
+    assert "x 2 processes" in proc.stderr  # effective batch counts both ranks
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 12 and metrics["scorer"]["n_dialogues"] == 6
+    preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    # generation was split across the ranks and gathered back in the original order
+    test_ids = [f"test_{i}_1" for i in range(6)]
+    assert [p["id"] for p in preds] == test_ids and all(isinstance(p["finetuned"], str) for p in preds)
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "builtin:tiny-llama"
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0's writer only
+
+
+def test_killed_and_restarted_it_resumes(tmp_path):
+    args = torchrun(
+        f"output.uri={tmp_path}",
+        "output.run_name=ddp",
+        "train.max_steps=40",
+        "train.save_steps=4",
+        "train.eval_steps=4",
+        "eval.base=false",
+    )
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, env=job_env(), cwd=REPO)
+    checkpoints = tmp_path / "ddp" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(
+        (p / "checkpoint-complete.json").is_file() for p in checkpoints.glob("checkpoint-*")
+    ):
+        if first.poll() is not None:
+            pytest.fail("the first run ended before a checkpoint was written:\n" + (tmp_path / "first.log").read_text())
+        time.sleep(0.2)
+    # the launcher and both ranks at once, like a spot reclaim (the ranks run in sessions of their own)
+    for process in [*psutil.Process(first.pid).children(recursive=True), psutil.Process(first.pid)]:
+        process.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    log.close()
+    assert not rundir.is_complete(tmp_path / "ddp")
+    second = subprocess.run(args, capture_output=True, text=True, env=job_env(), cwd=REPO, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "resuming from checkpoint" in second.stderr
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 40 and metrics["run"]["resumed_from"]
+    assert rundir.verify(tmp_path / "ddp") == []
+    assert Path(metrics["run"]["resumed_from"]).name.startswith("checkpoint-")
