@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 from job import config as config_mod
 from job import logs, runtime
-from job.errors import ConfigInputError, JobError
+from job.errors import ConfigInputError, JobError, ResourceError
 
 COMMANDS = {
     "train": ("job.train", "fine-tune, evaluate base vs fine-tuned with ROUGE, write (and publish) a run folder"),
     "predict": ("job.predict", "summarize dialogues with a finished run's adapter"),
     "publish": ("job.publish", "upload a finished local run to s3:// or hf:// (again, after a failure)"),
+    "compare": ("job.compare", "one ROUGE table (markdown, CSV, bar chart) across runs: local, s3:// or hf://"),
 }
 
 DESCRIPTION = """Fine-tune a causal LM for dialogue summarization with QLoRA and score it with ROUGE.
@@ -80,11 +84,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return module.main(rest) or 0
     except JobError as e:
-        message = logs.redact(str(e))
-        logging.getLogger("job").error("%s", message)
-        print(f"error ({e.kind}): {message}", file=sys.stderr)
-        runtime.write_failure(f"{e.kind}: {message}")
-        return e.exit_code
+        return report(e)
+    except (OSError, RuntimeError) as e:
+        known = resource_error(e)
+        if known is None:
+            raise
+        return report(known)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def report(e: JobError) -> int:
+    """One line on stderr (and SageMaker's failure file) instead of a traceback; the exit code of its class."""
+    message = logs.redact(str(e))
+    logging.getLogger("job").error("%s", message)
+    print(f"error ({e.kind}): {message}", file=sys.stderr)
+    runtime.write_failure(f"{e.kind}: {message}")
+    return e.exit_code
+
+
+def resource_error(e: BaseException) -> ResourceError | None:
+    """A full disk or an exhausted GPU anywhere in the job, as a clear ResourceError; None for other errors."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f" while writing {e.filename}" if e.filename else ""
+        return ResourceError(
+            f"the disk is full{where}{_free_space(e.filename)}; free space there, or move the run (output.local_dir, "
+            "or output.uri for a local folder), the checkpoints (train.checkpoint_dir) or the Hugging Face cache "
+            "(HF_HOME) to a larger disk"
+        )
+    if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, named so as not to import torch here
+        return ResourceError(
+            "the GPU ran out of memory outside training (loading the model or generating summaries); lower "
+            "eval.batch_size or data.max_length, use method=qlora, or use a GPU with more memory"
+        )
+    return None
+
+
+def _free_space(filename: str | None) -> str:
+    if not filename:
+        return ""
+    folder = Path(filename).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f" ({shutil.disk_usage(folder).free / 2**30:.1f} GB free there now)"
+    except OSError:
+        return ""
