@@ -8,9 +8,10 @@ checkpoints in on a resumed version, and runs `python -m job train` with the run
 Before Kaggle's session limit it stops the job (which checkpoints on SIGTERM) and ends cleanly, so the checkpoints
 are kept as the version's output for the next `--resume` version.
 
-It needs only the standard library and the unpacked job's torch-free modules: it runs before the job's
-requirements are installed. Locally (tests, debugging) the folders come from DIALOGSUM_WORKING_DIR and
-DIALOGSUM_INPUT_DIR, and DIALOGSUM_SKIP_INSTALL=1 skips pip.
+It needs only the standard library and the unpacked job's torch-free modules (and numpy, in Kaggle's image): it
+runs before the job's requirements are installed. Locally (tests, debugging) the folders come from
+DIALOGSUM_WORKING_DIR and DIALOGSUM_INPUT_DIR, DIALOGSUM_SKIP_INSTALL=1 skips pip, and DIALOGSUM_STOP_AFTER_S
+shortens the time budget.
 """
 
 from __future__ import annotations
@@ -47,14 +48,14 @@ def working_dir() -> Path:
     return Path(os.environ.get("DIALOGSUM_WORKING_DIR", "/kaggle/working"))
 
 
+def input_dir() -> Path:
+    return Path(os.environ.get("DIALOGSUM_INPUT_DIR", "/kaggle/input"))
+
+
 def stop_after_s(settings: dict[str, Any]) -> float:
     """Seconds after the kernel starts when the job is stopped, so the version ends (and Kaggle keeps its output)
     before the session's hard limit."""
     return float(os.environ.get("DIALOGSUM_STOP_AFTER_S", settings["stop_after_s"]))
-
-
-def input_dir() -> Path:
-    return Path(os.environ.get("DIALOGSUM_INPUT_DIR", "/kaggle/input"))
 
 
 class KernelError(Exception):
