@@ -123,15 +123,16 @@ def _hours(h: float) -> int:
     return int(round(h * 3600))
 
 
-def _parse_tags(items: list[str], problems: list[str]) -> dict[str, str]:
-    tags = {}
+def _parse_tags(items: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(tags, problems) from KEY=VALUE words."""
+    tags, problems = {}, []
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key:
             problems.append(f"--tags {item!r}: write tags as KEY=VALUE")
         else:
             tags[key] = value
-    return tags
+    return tags, problems
 
 
 def _uses_secret(args: argparse.Namespace) -> str | None:
@@ -140,23 +141,12 @@ def _uses_secret(args: argparse.Namespace) -> str | None:
     return DEFAULT_SECRET_ID if args.create_secret else None
 
 
-def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
-    """(problems, warnings) found without AWS: every problem is reported at once."""
-    problems: list[str] = []
-    warnings: list[str] = []
-    try:
-        inst = catalog.instance(args.instance)
-    except catalog.UnknownInstance as e:
-        problems.append(str(e))
-        inst = None
+def _option_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
     if args.instance_count != 1:
         problems.append(
             f"--instance-count {args.instance_count}: the job trains in one process on one instance; use 1 "
             "(for more GPU memory choose a larger GPU, e.g. ml.g6e.xlarge)"
-        )
-    if cfg.output.run_name is not None:
-        problems.append(
-            "output.run_name: on SageMaker the run is named after the training job; use --name for its prefix"
         )
     if not 0 < args.max_run <= MAX_RUN_LIMIT_H:
         problems.append(f"--max-run {args.max_run:g}: must be between 0 and {MAX_RUN_LIMIT_H} hours")
@@ -168,28 +158,46 @@ def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], 
         problems.append(f"--volume-size {args.volume_size}: must be 1-16384 GB")
     if args.image != "dlc" and not ECR_IMAGE.match(args.image):
         problems.append(
-            f"--image {args.image!r}: SageMaker pulls training images from ECR; give ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG "
-            "(`python -m launch image` pushes ours) or `dlc`"
+            f"--image {args.image!r}: SageMaker pulls training images from ECR; give "
+            "ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG (`python -m launch image push` pushes ours) or `dlc`"
         )
     if args.create_secret and not os.environ.get("HF_TOKEN"):
         problems.append("--create-secret stores the local HF_TOKEN: set HF_TOKEN in this shell first")
     if args.output and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", args.output):
         problems.append(f"--output {args.output!r}: give s3://bucket/prefix")
-    if inst is not None:
-        gpu = inst.gpu_spec
-        if cfg.model.compute_dtype == "bfloat16" and not gpu.bf16:
-            problems.append(f"model.compute_dtype=bfloat16: the {gpu.name} has no bf16; use auto or float16")
-        fit = memory.fit_message(cfg, gpu.name, gpu.usable_gb)
-        if fit and not args.ignore_memory_check:
-            problems.append(f"{fit} (or pass --ignore-memory-check)")
-        elif fit:
-            warnings.append(fit)
-        if inst.gpu_count > 1:
-            warnings.append(f"{inst.name} has {inst.gpu_count} GPUs; the job trains on one of them")
-        try:
-            memory.architecture(cfg.model.name)
-        except memory.UnknownArchitecture:
-            warnings.append(f"no memory estimate for {cfg.model.name} (its shape is unknown here); not checked")
+    return problems + _parse_tags(args.tags)[1]
+
+
+def _gpu_checks(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
+    """The instance type exists and its GPU can hold the config (bf16, memory)."""
+    try:
+        inst = catalog.instance(args.instance)
+    except catalog.UnknownInstance as e:
+        return [str(e)], []
+    problems, warnings = [], []
+    gpu = inst.gpu_spec
+    if cfg.model.compute_dtype == "bfloat16" and not gpu.bf16:
+        problems.append(f"model.compute_dtype=bfloat16: the {gpu.name} has no bf16; use auto or float16")
+    fit = memory.fit_message(cfg, gpu.name, gpu.usable_gb)
+    if fit and not args.ignore_memory_check:
+        problems.append(f"{fit} (or pass --ignore-memory-check)")
+    elif fit:
+        warnings.append(fit)
+    if inst.gpu_count > 1:
+        warnings.append(f"{inst.name} has {inst.gpu_count} GPUs; the job trains on one of them")
+    try:
+        memory.architecture(cfg.model.name)
+    except memory.UnknownArchitecture:
+        warnings.append(f"no memory estimate for {cfg.model.name} (its shape is unknown here); not checked")
+    return problems, warnings
+
+
+def _config_notes(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
+    problems, warnings = [], []
+    if cfg.output.run_name is not None:
+        problems.append(
+            "output.run_name: on SageMaker the run is named after the training job; use --name for its prefix"
+        )
     if not cfg.output.uri.startswith(("s3://", "hf://")) and cfg.output.uri != config_mod.OutputConfig().uri:
         warnings.append(f"output.uri={cfg.output.uri} is a local folder; on SageMaker the run goes to <output>/runs")
     if cfg.model.name.startswith(GATED_PREFIXES) and not _uses_secret(args):
@@ -197,8 +205,14 @@ def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], 
             f"{cfg.model.name} is gated on the Hugging Face Hub: pass --hf-token-secret ID "
             "(and --create-secret to store your local HF_TOKEN there)"
         )
-    _parse_tags(args.tags, problems)
     return problems, warnings
+
+
+def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
+    """(problems, warnings) found without AWS: every problem is reported at once."""
+    gpu_problems, gpu_warnings = _gpu_checks(args, cfg)
+    config_problems, config_warnings = _config_notes(args, cfg)
+    return gpu_problems + _option_problems(args) + config_problems, gpu_warnings + config_warnings
 
 
 def region_of(args: argparse.Namespace, dry_run: bool) -> str:
@@ -228,8 +242,7 @@ def make_plan(args: argparse.Namespace, cfg: config_mod.Config, region: str, out
     secret = _uses_secret(args)
     max_run = _hours(args.max_run)
     max_wait = (_hours(args.max_wait) if args.max_wait else 2 * max_run) if args.spot else None
-    problems: list[str] = []
-    tags = req.tags_for(cfg, args.config) | _parse_tags(args.tags, problems)
+    tags = req.tags_for(cfg, args.config) | _parse_tags(args.tags)[0]
     return req.Plan(
         cfg=cfg,
         config_name=args.config,
