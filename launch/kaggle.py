@@ -418,7 +418,7 @@ def follow(
 ) -> int:
     """Poll until the version ends, printing each status change; fetch on COMPLETE, show the log tail on ERROR.
     The interval grows from poll_interval to twice that (Kaggle's rate limits are unpublished)."""
-    last, interval, started = None, poll_interval, time.monotonic()
+    last, interval, started, not_found = None, poll_interval, time.monotonic(), 0
     max_interval = 2 * poll_interval
     where = f"{kernel.ref}" + (f" version {version}" if version else "")
     while True:
@@ -426,7 +426,10 @@ def follow(
             status, failure = session_status(api, kernel, version)
         except Exception as e:  # noqa: BLE001
             error = api_error(e, "reading the kernel's status")
-            if not transient(e):
+            # a version pushed seconds ago may not be listed yet: a few 404s before its first status are expected
+            if "HTTP 404" in str(error) and last is None:
+                not_found += 1
+            if not transient(e) and not 0 < not_found <= 3:
                 raise error from None
             # a blip (rate limit, server error, network) must not abandon a 12-hour run
             print(f"{error}; retrying in {max_interval:.0f} s", file=sys.stderr)

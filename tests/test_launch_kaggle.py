@@ -339,6 +339,7 @@ def serve_output(api, files: dict[str, bytes], log: str = "", corrupt: str | Non
 def test_wait_follows_queued_running_complete_and_fetches(creds, api, capsys):
     answer(api, "GetAcceleratorQuotaStatistics", quota(1))
     answer(api, "SaveKernel", {"ref": f"/code/{KERNEL}", "url": "u", "versionNumber": 7})
+    answer(api, "GetKernelSessionStatus", {"code": 404, "message": "Not found"}, status=404)  # not listed yet
     for status in ("QUEUED", "QUEUED"):
         answer(api, "GetKernelSessionStatus", {"status": status})
     answer(api, "GetKernelSessionStatus", {"code": 429, "message": "Too many requests"}, status=429)
@@ -386,6 +387,14 @@ def test_wait_on_error_prints_failure_and_log_tail(creds, api, capsys):
     assert "ERROR: Your notebook tried to allocate more memory" in captured.err
     assert "error (auth): meta-llama/x is gated" in captured.err and "line 49" in captured.err
     assert "line 10\n" not in captured.err  # only the tail
+
+
+def test_following_an_unknown_kernel_stops(creds, api, capsys):
+    for _ in range(5):
+        answer(api, "GetKernelSessionStatus", {"code": 404, "message": "Not found"}, status=404)
+    assert kaggle.main(["status", f"{KERNEL}/9", "--wait"], poll_interval=0) == 3
+    assert "HTTP 404: not found: check OWNER/SLUG" in capsys.readouterr().err
+    assert len(bodies(api, "GetKernelSessionStatus")) == 4
 
 
 def test_fetch_later_pins_the_version(creds, api, capsys):
