@@ -427,9 +427,9 @@ def follow(
         except Exception as e:  # noqa: BLE001
             error = api_error(e, "reading the kernel's status")
             # a version pushed seconds ago may not be listed yet: a few 404s before its first status are expected
-            if "HTTP 404" in str(error) and last is None:
-                not_found += 1
-            if not transient(e) and not 0 < not_found <= 3:
+            early_404 = "HTTP 404" in str(error) and last is None and not_found < 3
+            not_found += early_404
+            if not (transient(e) or early_404):
                 raise error from None
             # a blip (rate limit, server error, network) must not abandon a 12-hour run
             print(f"{error}; retrying in {max_interval:.0f} s", file=sys.stderr)
