@@ -563,6 +563,23 @@ def test_time_budget_stops_the_job_with_sigterm(tmp_path):
     assert (status, stopped) == (0, False)
 
 
+def test_requirements_install_keeps_the_installed_torch(tmp_path, monkeypatch, capsys):
+    """The real pip of this environment, offline: requirements that are already satisfied need no index."""
+    from importlib.metadata import version
+
+    from launch.kaggle_kernel import KernelError, install_requirements
+
+    monkeypatch.delenv("DIALOGSUM_SKIP_INSTALL", raising=False)
+    (tmp_path / "requirements.txt").write_text("pyyaml>=6\n")
+    install_requirements(tmp_path)
+    assert (tmp_path / "constraints.txt").read_text() == f"torch=={version('torch')}\n"
+    assert f"torch stays: torch=={version('torch')}" in capsys.readouterr().out
+
+    (tmp_path / "requirements.txt").write_text("./no-such-package-folder\n")
+    with pytest.raises(KernelError, match="pip could not install the job's requirements"):
+        install_requirements(tmp_path)
+
+
 def test_previous_checkpoints_are_found_where_kaggle_mounts_them(tmp_path):
     from launch.kaggle_kernel import previous_checkpoints
 
