@@ -219,7 +219,9 @@ def estimate_hours(cfg: Config, gpu: str, count: int = 1) -> dict[str, Any]:
     dialogues = cfg.eval.num_dialogues or figures["test_dialogues"]
     passes = 2 if cfg.eval.base else 1
     step_s = max(0.01, spec.decode_step_s / _speedup(cfg))
-    generation_s = passes * math.ceil(dialogues / cfg.eval.batch_size) * cfg.eval.max_new_tokens * step_s
+    # Under torchrun the job splits the dialogues across the ranks.
+    batches = math.ceil(math.ceil(dialogues / count) / cfg.eval.batch_size)
+    generation_s = passes * batches * cfg.eval.max_new_tokens * step_s
 
     return {
         "gpu": gpu,
@@ -251,13 +253,14 @@ def prices() -> dict[str, Any]:
     return json.loads(PRICES_FILE.read_text(encoding="utf-8"))
 
 
-def estimate_cost(cfg: Config, instance_type: str, spot: bool, instance_count: int = 1) -> dict[str, Any]:
-    """Expected hours and USD for cfg on an instance type (on-demand or managed spot), with the figures' dates.
-
-    The job trains in one process on the first GPU of each instance, so hours are estimated for one GPU.
+def estimate_cost(
+    cfg: Config, instance_type: str, spot: bool, instance_count: int = 1, all_gpus: bool = False
+) -> dict[str, Any]:
+    """Expected hours and USD for cfg on `instance_count` instances (on-demand or managed spot), with the figures'
+    dates. `all_gpus`: the job runs under torchrun on every GPU of every instance; else in one process on one GPU.
     """
     inst = instance(instance_type)
-    work = estimate_hours(cfg, inst.gpu, 1)
+    work = estimate_hours(cfg, inst.gpu, inst.gpu_count * instance_count if all_gpus else 1)
     hours = work["hours"] + STARTUP_HOURS
     table = prices()
     price = table["on_demand"].get(instance_type)

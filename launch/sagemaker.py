@@ -143,10 +143,12 @@ def _uses_secret(args: argparse.Namespace) -> str | None:
 
 def _option_problems(args: argparse.Namespace) -> list[str]:
     problems = []
-    if args.instance_count != 1:
+    if args.instance_count < 1:
+        problems.append(f"--instance-count {args.instance_count}: must be at least 1")
+    elif args.instance_count > 1 and args.image != "dlc":
         problems.append(
-            f"--instance-count {args.instance_count}: the job trains in one process on one instance; use 1 "
-            "(for more GPU memory choose a larger GPU, e.g. ml.g6e.xlarge)"
+            f"--instance-count {args.instance_count}: several instances train under torchrun, which only the `dlc` "
+            "image is started with; use --image dlc or one instance"
         )
     if not 0 < args.max_run <= MAX_RUN_LIMIT_H:
         problems.append(f"--max-run {args.max_run:g}: must be between 0 and {MAX_RUN_LIMIT_H} hours")
@@ -183,8 +185,11 @@ def _gpu_checks(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[
         problems.append(f"{fit} (or pass --ignore-memory-check)")
     elif fit:
         warnings.append(fit)
-    if inst.gpu_count > 1:
-        warnings.append(f"{inst.name} has {inst.gpu_count} GPUs; the job trains on one of them")
+    if inst.gpu_count > 1 and args.image != "dlc":
+        warnings.append(
+            f"{inst.name} has {inst.gpu_count} GPUs; our image runs one process, which trains on one of them "
+            "(--image dlc trains on all under torchrun)"
+        )
     try:
         memory.architecture(cfg.model.name)
     except memory.UnknownArchitecture:
@@ -251,6 +256,7 @@ def make_plan(args: argparse.Namespace, cfg: config_mod.Config, region: str, out
         instance_count=args.instance_count,
         image=req.default_image(region, args.instance) if args.image == "dlc" else args.image,
         own_image=args.image != "dlc",
+        processes_per_node=catalog.instance(args.instance).gpu_count if args.image == "dlc" else 1,
         output=output.rstrip("/"),
         role=role,
         base_job_name=req.base_job_name(args.name, cfg),
@@ -281,11 +287,14 @@ def refuse_secrets(request: Any) -> None:
 # Output
 
 
-def cost_lines(cfg: config_mod.Config, instance_type: str, spot: bool, max_run_s: int) -> list[str]:
-    est = catalog.estimate_cost(cfg, instance_type, spot)
+def cost_lines(plan: req.Plan) -> list[str]:
+    cfg, instance_type, spot, max_run_s = plan.cfg, plan.instance_type, plan.spot, plan.max_run_s
+    est = catalog.estimate_cost(cfg, instance_type, spot, plan.instance_count, all_gpus=plan.distributed)
     w = est["work"]
+    machines = f"{plan.instance_count} x {instance_type}" if plan.instance_count > 1 else instance_type
+    gpus = f"{w['gpus']} x {est['gpu']}" if w["gpus"] > 1 else est["gpu"]
     lines = [
-        f"estimate: ~{est['hours']:.2f} h on {instance_type} ({est['gpu']}): training {w['train_hours']:.2f} h "
+        f"estimate: ~{est['hours']:.2f} h on {machines} ({gpus}): training {w['train_hours']:.2f} h "
         f"({w['steps']} steps, {w['train_tokens']:,} tokens), validation {w['validation_hours']:.2f} h, "
         f"ROUGE generation {w['generation_hours']:.2f} h, startup {catalog.STARTUP_HOURS:.2f} h",
     ]
@@ -340,7 +349,12 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     request = req.preview_request(plan, job_name)
     refuse_secrets(request)
     print(json.dumps(request, indent=2))
-    for line in cost_lines(plan.cfg, plan.instance_type, plan.spot, plan.max_run_s):
+    if plan.distributed:
+        _note(
+            f"torchrun: {plan.processes_per_node} process(es) per instance x {plan.instance_count} instance(s) "
+            f"(SageMaker's torchrun driver starts {req.ENTRY_SCRIPT})"
+        )
+    for line in cost_lines(plan):
         _note(line)
     _note(f"run folder: {plan.cfg.output.uri}/{job_name}/")
     if args.create_secret:

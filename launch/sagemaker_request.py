@@ -34,6 +34,18 @@ CHECKPOINT_DIR = "/opt/ml/checkpoints"
 CONFIG_FILE = "config.yaml"
 REQUIREMENTS_FILE = "requirements.txt"
 COMMAND = f"python3 -m job train --config {CONFIG_FILE}"
+ENTRY_SCRIPT = "train_job.py"
+# SageMaker's torchrun driver runs `torchrun ... <entry script> --key value ...` with the hyperparameters as
+# arguments. The job already reads them from SM_HPS, typed; re-parsing them from argv would turn a value such as
+# "You summarize: briefly." into a mapping, so the script drops them.
+ENTRY_SCRIPT_TEXT = f'''"""Entry script for SageMaker's torchrun driver: every rank runs `python -m job train --config {CONFIG_FILE}`."""
+
+import sys
+
+from job.cli import main
+
+sys.exit(main(["train", "--config", "{CONFIG_FILE}"]))
+'''
 SECRET_ENV = "HF_TOKEN_SECRET_ID"
 
 # Metric definitions: CloudWatch scrapes these from the job's `metrics: key=value ...` lines (job.logs.metrics_line
@@ -104,10 +116,12 @@ def job_requirements() -> list[str]:
 
 
 def stage_source(cfg: Config, folder: Path) -> Path:
-    """Write the code channel: `job/` (sources only), requirements.txt and the resolved config.yaml."""
+    """Write the code channel: `job/` (sources only), requirements.txt, the resolved config.yaml and the entry
+    script the torchrun driver starts on multi-GPU jobs."""
     shutil.copytree(JOB_PACKAGE, folder / "job", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (folder / REQUIREMENTS_FILE).write_text("\n".join(job_requirements()) + "\n", encoding="utf-8")
     (folder / CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+    (folder / ENTRY_SCRIPT).write_text(ENTRY_SCRIPT_TEXT, encoding="utf-8")
     return folder
 
 
@@ -188,9 +202,15 @@ class Plan:
     max_run_s: int
     max_wait_s: int | None
     volume_gb: int
+    processes_per_node: int = 1
+    """Training processes per instance: its GPU count under torchrun (DLC), 1 for our own image."""
     environment: dict[str, str] = field(default_factory=dict)
     channels: list[Channel] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def distributed(self) -> bool:
+        return self.processes_per_node * self.instance_count > 1
 
     @property
     def bucket(self) -> str:
@@ -300,11 +320,17 @@ def model_trainer(plan: Plan, session: Any, source_dir: Path | None):
         Tag,
     )
     from sagemaker.train import ModelTrainer
+    from sagemaker.train.distributed import Torchrun
 
-    source = None
-    if source_dir is not None:
+    source, distributed = None, None
+    if source_dir is not None and plan.distributed:
+        # The SDK's torchrun driver: one process per GPU, and the rendezvous across instances.
+        source = SourceCode(source_dir=str(source_dir), requirements=REQUIREMENTS_FILE, entry_script=ENTRY_SCRIPT)
+        distributed = Torchrun(process_count_per_node=plan.processes_per_node)
+    elif source_dir is not None:
         source = SourceCode(source_dir=str(source_dir), requirements=REQUIREMENTS_FILE, command=COMMAND)
     trainer = ModelTrainer(
+        distributed=distributed,
         sagemaker_session=session,
         role=plan.role,
         base_job_name=plan.base_job_name,

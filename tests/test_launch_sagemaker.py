@@ -387,6 +387,60 @@ def test_own_image_runs_train_with_hyperparameters_only(aws, capsys: pytest.Capt
     assert sent["EnableManagedSpotTraining"] is False
 
 
+def test_multi_gpu_instances_train_under_torchrun(aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--config", "test", "--instance", "ml.g5.12xlarge", "--instance-count", "2", "--region", REGION,
+            "--role", ROLE_ARN, "--output", f"s3://{BUCKET}/exp", "--no-wait"]  # fmt: skip
+    assert sm_cli.main([*argv, "--dry-run"]) == 0
+    shown = capsys.readouterr()
+    assert "torchrun: 4 process(es) per instance x 2 instance(s)" in shown.err
+    assert "8 x A10G" in shown.err
+    assert sm_cli.main(argv) == 0
+    (sent,) = aws["requests"]
+    stamp = sent["TrainingJobName"].rsplit("-", 1)[1]
+    assert json.loads(shown.out.replace("<yyyymmddHHMMSS>", stamp)) == sent
+    assert sent["ResourceConfig"]["InstanceCount"] == 2
+
+    # The distributed settings travel in the SDK's driver channel: torchrun with one process per GPU.
+    s3 = aws["session"].client("s3")
+    drivers = next(c for c in sent["InputDataConfig"] if c["ChannelName"] == "sm_drivers")
+    prefix = drivers["DataSource"]["S3DataSource"]["S3Uri"].removeprefix(f"s3://{BUCKET}/")
+    distributed = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/distributed.json")["Body"].read())
+    source = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/sourcecode.json")["Body"].read())
+    assert distributed["process_count_per_node"] == 4 and distributed["smp"] is None
+    assert source["entry_script"] == req.ENTRY_SCRIPT and source["command"] is None
+    train_sh = s3.get_object(Bucket=BUCKET, Key=f"{prefix}/sm_train.sh")["Body"].read().decode()
+    assert "torchrun_driver.py" in train_sh
+
+    # Our own image runs one process: several instances need the DLC's torchrun driver.
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dialogsum-qlora:0.1.0"
+    assert sm_cli.main([*argv, "--image", image]) == 2
+    assert "several instances train under torchrun" in capsys.readouterr().err
+
+
+def test_torchrun_entry_script_runs_the_job_with_sm_hps_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The script the torchrun driver starts (with the hyperparameters as arguments) runs `job train --config
+    config.yaml`; the job reads SM_HPS itself, so a hyperparameter reaches it and the arguments do not. Run
+    in-process with SageMaker's /opt/ml moved to a temp folder, so the failure file lands there."""
+    import runpy
+
+    from job import runtime
+
+    code = req.stage_source(config.resolve("test"), tmp_path / "code")
+    monkeypatch.setattr(runtime, "OPT_ML", tmp_path / "opt_ml")
+    monkeypatch.chdir(code)
+    monkeypatch.setenv("SM_HPS", json.dumps({"lora.rank": "8"}))
+    monkeypatch.setenv("TRAINING_JOB_NAME", "dialogsum-x-20261123120000")
+    monkeypatch.setattr(sys, "argv", [req.ENTRY_SCRIPT, "--argv.only", "1"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(code / req.ENTRY_SCRIPT), run_name="__main__")
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'lora.rank'" in err and "argv.only" not in err
+    assert "unknown key 'lora.rank'" in (tmp_path / "opt_ml" / "output" / "failure").read_text()
+
+
 def test_quota_below_need_stops_before_submitting(aws, capsys: pytest.CaptureFixture[str]) -> None:
     aws["quota"] = 0.0
     assert sm_cli.main(_launch("--config", "test", "--spot", "--no-wait")) == 1
