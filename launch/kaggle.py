@@ -45,7 +45,7 @@ STARTUP_HOURS = 0.15  # image start, pip install of the job's requirements, mode
 # job needs time to write its checkpoint and Kaggle to save the output.
 STOP_AFTER_S = (SESSION_HOURS - 0.5) * 3600
 
-# Machine shapes the SaveKernel API takes -> (GPU in launch.catalog, GPUs). P100 is retired: Kaggle runs T4 instead.
+# Machine shapes the SaveKernel API takes -> (GPU in launch.catalog, GPUs). P100 is retired: Kaggle runs T4 x2 instead.
 SHAPES: dict[str, tuple[str, int]] = {"NvidiaTeslaT4": ("T4", 2), "NvidiaTeslaP100": ("T4", 2)}
 DEFAULT_SHAPE = "NvidiaTeslaT4"
 
@@ -221,22 +221,29 @@ def write_kernel_folder(
 # Validation: hours, output size, weekly quota
 
 
-def estimate_hours(cfg: config_mod.Config) -> float:
-    """Hours of one kernel session: the job trains on one T4 until it runs under torchrun (issue 10)."""
-    return catalog.estimate_train_hours(cfg, gpu="T4", count=1) + STARTUP_HOURS
+def gpus(shape: str) -> tuple[str, int]:
+    """(GPU model, count) of a machine shape; unknown shapes are estimated as Kaggle's default, T4 x2."""
+    return SHAPES.get(shape, SHAPES[DEFAULT_SHAPE])
 
 
-def hours_warning(cfg: config_mod.Config, hours: float) -> str | None:
+def estimate_hours(cfg: config_mod.Config, shape: str = DEFAULT_SHAPE) -> float:
+    """Hours of one kernel version: the job runs under torchrun with one process per GPU."""
+    gpu, count = gpus(shape)
+    return catalog.estimate_train_hours(cfg, gpu=gpu, count=count) + STARTUP_HOURS
+
+
+def hours_warning(cfg: config_mod.Config, hours: float, shape: str = DEFAULT_SHAPE) -> str | None:
     """Over Kaggle's 12-hour session: how many `--resume` versions it takes, or how many steps fit one session."""
     if hours <= SESSION_HOURS:
         return None
-    work = catalog.estimate_hours(cfg, "T4", 1)
+    gpu, count = gpus(shape)
+    work = catalog.estimate_hours(cfg, gpu, count)
     budget = SESSION_HOURS * 0.9 - STARTUP_HOURS - work["generation_hours"] - work["validation_hours"]
     steps = max(1, int(work["steps"] * budget / work["train_hours"])) if work["train_hours"] > 0 else None
     sessions = math.ceil(hours / (SESSION_HOURS * 0.9))
     fewer = f", or fewer steps (train.max_steps={steps} fits one session)" if steps else ""
     return (
-        f"~{hours:.1f} h on one T4 is more than a Kaggle session's {SESSION_HOURS:.0f} h: the kernel stops at "
+        f"~{hours:.1f} h on {count}x {gpu} is more than a Kaggle session's {SESSION_HOURS:.0f} h: the kernel stops at "
         f"{SESSION_HOURS:.0f} h with its checkpoints saved; continue it with `--resume` (~{sessions} versions){fewer}"
     )
 
@@ -644,7 +651,7 @@ def check_shape(shape: str) -> list[str]:
     if shape == "NvidiaTeslaP100":
         return ["NvidiaTeslaP100 is retired: Kaggle runs the kernel on T4 instead"]
     if shape not in SHAPES:
-        return [f"machine shape {shape} is not one this launcher knows ({', '.join(SHAPES)}); estimates assume a T4"]
+        return [f"machine shape {shape} is not one this launcher knows ({', '.join(SHAPES)}); estimates assume T4 x2"]
     return []
 
 
@@ -685,14 +692,17 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
     folder = args.folder or Path("build") / "kaggle" / kernel.slug
     meta = write_kernel_folder(folder, cfg, kernel, args.accelerator, args.public, args.resume)
 
-    hours = estimate_hours(cfg)
-    warnings += filter(None, [hours_warning(cfg, hours), output_warning(estimate_output_gb(cfg))])
+    hours = estimate_hours(cfg, args.accelerator)
+    gpu, count = gpus(args.accelerator)
+    warnings += filter(None, [hours_warning(cfg, hours, args.accelerator), output_warning(estimate_output_gb(cfg))])
     print(
         f"kernel folder: {folder} ({CODE_FILE}: {(folder / CODE_FILE).stat().st_size / 1024:.0f} KB, the job's "
         "source and resolved config; no secrets)"
     )
     print(json.dumps(meta, indent=2))
-    print(f"run: {cfg.output.run_name}; estimate ~{hours:.1f} h on one T4 (figures as of {catalog.ESTIMATES_AS_OF})")
+    print(
+        f"run: {cfg.output.run_name}; estimate ~{hours:.1f} h on {count}x {gpu} (figures as of {catalog.ESTIMATES_AS_OF})"
+    )
     for w in warnings:
         print(f"WARNING: {w}", file=sys.stderr)
     if hub_model(cfg.model.name):

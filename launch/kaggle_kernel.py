@@ -2,9 +2,10 @@
 
 Kaggle uploads a kernel's single code file and nothing else, so the launcher writes this file with PAYLOAD (a
 base64 tar.gz of the `job` package, the resolved config and the requirements) and SETTINGS filled in. In the
-kernel it: unpacks the job, checks the Hugging Face token (seconds, before anything is installed), pins one GPU,
+kernel it: unpacks the job, checks the Hugging Face token (seconds, before anything is installed), counts the GPUs,
 installs its requirements without touching Kaggle's preinstalled torch, copies the previous version's
-checkpoints in on a resumed version, and runs `python -m job train` with the run folder under the working folder.
+checkpoints in on a resumed version, and runs `python -m job train` (under torchrun, one process per GPU, on T4 x2)
+with the run folder under the working folder.
 Before Kaggle's session limit it stops the job (which checkpoints on SIGTERM) and ends cleanly, so the checkpoints
 are kept as the version's output for the next `--resume` version.
 
@@ -144,13 +145,12 @@ def gpu_count() -> int:
     return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
 
 
-def pin_one_gpu(count: int) -> None:
-    """The job trains in one process for now (multi-GPU training is issue 10, `torchrun --nproc_per_node N`), and a
-    4-bit model must never be wrapped in DataParallel: with T4 x2 the job gets the first GPU only."""
-    say(f"GPUs visible: {count}")
-    if count > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        os.environ["CUDA_VISIBLE_DEVICES"] = "0"
-        say(f"{count} GPUs: training on GPU 0 only until the job runs under torchrun")
+def processes(gpus: int) -> int:
+    """Training processes: one per GPU, each with its own 4-bit model under torchrun (DDP); a 4-bit model is never
+    wrapped in DataParallel. DIALOGSUM_NPROC overrides it (two CPU processes in a local test)."""
+    count = int(os.environ.get("DIALOGSUM_NPROC", gpus or 1))
+    say(f"GPUs visible: {gpus}; training processes: {count}" + (" under torchrun" if count > 1 else ""))
+    return count
 
 
 def unpack(payload: str, dest: Path) -> None:
@@ -214,9 +214,10 @@ def restore_checkpoints(slug: str, dest: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def job_command(src: Path, settings: dict[str, Any], working: Path) -> list[str]:
+def job_command(src: Path, settings: dict[str, Any], working: Path, nproc: int) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return [
-        sys.executable,
+        *(launcher if nproc > 1 else [sys.executable]),
         "-m",
         "job",
         "train",
@@ -274,7 +275,7 @@ def run(payload: str, settings: dict[str, Any]) -> int:
     unpack(payload, src)  # under a second; the token check below uses the job's own code
     sys.path.insert(0, str(src))
     token = hf_token(settings["model"], kernel)
-    pin_one_gpu(gpu_count())
+    nproc = processes(gpu_count())
     install_requirements(src)
     working.mkdir(parents=True, exist_ok=True)
     if settings.get("resume"):
@@ -283,7 +284,7 @@ def run(payload: str, settings: dict[str, Any]) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
     if token:
         env["HF_TOKEN"] = token
-    command = job_command(src, settings, working)
+    command = job_command(src, settings, working, nproc)
     say("running: " + " ".join(command[1:]))
     status, stopped = run_job(command, src, env, stop_after_s(settings) - (time.monotonic() - started))
     if stopped and not (working / "runs" / settings["run_name"] / "manifest.json").is_file():

@@ -113,7 +113,7 @@ def test_dry_run_writes_the_kernel_folder_without_network(creds, api, capsys):
     assert sorted(p.name for p in Path("k").iterdir()) == ["dialogsum_kernel.py", "kernel-metadata.json"]
 
     out = capsys.readouterr().out
-    assert '"machine_shape": "NvidiaTeslaT4"' in out and "run: dialogsum-test-" in out and "h on one T4" in out
+    assert '"machine_shape": "NvidiaTeslaT4"' in out and "run: dialogsum-test-" in out and "h on 2x T4" in out
 
     code = Path("k/dialogsum_kernel.py").read_text()
     compile(code, "dialogsum_kernel.py", "exec")
@@ -152,9 +152,9 @@ def test_bad_input_is_one_line_and_exit_2(creds, capsys, argv, message):
 
 def test_over_twelve_hours_suggests_resume_and_fewer_steps(creds, capsys):
     config = str(REPO / "job/presets/llama-3.2-3b-qlora.yaml")
-    assert kaggle.main(["--config", config, "--kernel", KERNEL, "--dry-run", "train.epochs=12"]) == 0
+    assert kaggle.main(["--config", config, "--kernel", KERNEL, "--dry-run", "train.epochs=24"]) == 0
     err = capsys.readouterr().err
-    hours = float(re.search(r"~([0-9.]+) h on one T4 is more than a Kaggle session", err).group(1))
+    hours = float(re.search(r"~([0-9.]+) h on 2x T4 is more than a Kaggle session", err).group(1))
     assert hours > 12 and "--resume" in err
     steps = int(re.search(r"train.max_steps=(\d+) fits one session", err).group(1))
     from job.config import resolve
@@ -580,6 +580,21 @@ def test_requirements_install_keeps_the_installed_torch(tmp_path, monkeypatch, c
         install_requirements(tmp_path)
 
 
+def test_two_gpus_run_the_job_under_torchrun(tmp_path, monkeypatch):
+    from launch.kaggle_kernel import job_command, processes
+
+    settings = {"run_name": "r"}
+    monkeypatch.delenv("DIALOGSUM_NPROC", raising=False)
+    assert processes(2) == 2 and processes(1) == 1 and processes(0) == 1
+    two = job_command(tmp_path, settings, tmp_path / "w", 2)
+    assert two[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert two[5:8] == ["-m", "job", "train"]
+    one = job_command(tmp_path, settings, tmp_path / "w", 1)
+    assert one[:4] == [sys.executable, "-m", "job", "train"] and one[4:] == two[8:]
+    monkeypatch.setenv("DIALOGSUM_NPROC", "2")
+    assert processes(0) == 2
+
+
 def test_previous_checkpoints_are_found_where_kaggle_mounts_them(tmp_path):
     from launch.kaggle_kernel import previous_checkpoints
 
@@ -647,3 +662,19 @@ def test_generated_kernel_stops_at_the_limit_and_a_resumed_version_completes_the
     assert PLANTED_HF not in stdout + stderr + done.stdout + done.stderr
     for path in [p for p in tmp_path.glob("w*/**/*") if p.is_file()]:
         assert PLANTED_HF.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_generated_kernel_with_two_processes_runs_under_torchrun(creds, tmp_path):
+    """As on Kaggle's T4 x2, with two CPU processes (gloo) standing in for the two GPUs."""
+    code = build_kernel(tmp_path / "k")
+    env = kernel_env(tmp_path, tmp_path / "w", DIALOGSUM_NPROC="2")
+    done = subprocess.run([sys.executable, str(code)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "training processes: 2 under torchrun" in done.stdout
+    assert "running: -m torch.distributed.run --standalone --nproc_per_node=2 -m job train" in done.stdout
+    assert "x 2 processes" in done.stderr  # the effective batch counts both ranks
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    assert done.stdout.count(str(run_dir)) == 1  # rank 0 alone reports (and writes) the run
+    assert [p.name for p in (tmp_path / "w" / "runs").iterdir()] == [run_dir.name]
+    assert (run_dir / "manifest.json").is_file()
