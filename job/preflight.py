@@ -1,11 +1,392 @@
-"""Checks before the first GPU second: access to the model, where results go, disk, GPU and memory fit."""
+"""Checks before any weights load: a GPU when one is required and whether the config fits its memory, the Hugging
+Face token and access to the model, the data files, where the results go, and disk space for the weights,
+checkpoints and outputs.
+
+Every check runs, and every problem found is reported at once in one line (a user on a cloud GPU should not pay one
+start-up per mistake), with the exit code of the first problem's class.
+"""
 
 from __future__ import annotations
 
-from job import secrets
+import codecs
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from job import data, memory, publish, rundir, runtime, secrets
 from job.config import Config
+from job.errors import AuthError, ConfigInputError, DataError, JobError, OutputError, ResourceError
+
+log = logging.getLogger(__name__)
+
+GIB = memory.GIB
+
+DISK_HEADROOM = 256 * 2**20
+"""Bytes kept free beyond the estimate on each filesystem: logs, TensorBoard, the data set cache."""
+
+# Bytes per parameter of checkpoints as the hub serves them: Llama-style decoders ship bf16 safetensors, T5
+# (FLAN-T5) ships fp32.
+HUB_BYTES_PER_PARAM = {"decoder": 2, "t5": 4}
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 def check(cfg: Config, token: str | None) -> None:
-    """Raise a JobError (one line: what and how to fix) for the first class of problem found."""
-    secrets.check_model_access(cfg.model.name, token, cfg.model.revision)
+    """Raise a JobError listing every problem found (one line: what and how to fix each)."""
+    problems: list[JobError] = []
+
+    def attempt(check_one: Callable[[], None]) -> bool:
+        try:
+            check_one()
+        except JobError as e:
+            problems.append(e)
+            return False
+        return True
+
+    attempt(lambda: check_gpu(cfg, visible_gpu()))
+    hub_answers = attempt(lambda: check_token(cfg, token))  # with a refused token every Hub answer would mislead
+    if hub_answers:
+        attempt(lambda: secrets.check_model_access(cfg.model.name, token, cfg.model.revision))
+    attempt(lambda: check_data(cfg, token, ask_hub=hub_answers))
+    if hub_answers or not cfg.output.uri.startswith("hf://"):
+        attempt(lambda: check_destination(cfg, token))
+    attempt(lambda: check_disk(cfg))
+    if problems:
+        first = problems[0]
+        raise type(first)("; also: ".join(str(p) for p in problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU
+
+
+def visible_gpu() -> tuple[str, float] | None:
+    """(name, memory in GiB as torch reports it) of the GPU this process trains on; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return props.name, props.total_memory / GIB
+
+
+def check_gpu(cfg: Config, gpu: tuple[str, float] | None) -> None:
+    """A GPU when train.require_gpu; on a GPU, the memory estimate of job.memory against what it has."""
+    if gpu is None:
+        if cfg.train.require_gpu:
+            raise ResourceError(
+                "no CUDA GPU is visible and train.require_gpu is true; run on a GPU machine, or set "
+                "train.require_gpu=false to train on the CPU (only sensible for tiny models)"
+            )
+        return  # on the CPU there is no memory ceiling to judge against
+    name, memory_gb = gpu
+    message = memory.fit_message(cfg, name, memory_gb)
+    if message:
+        raise ResourceError(message)
+    log.info("GPU: %s with %.1f GB; the memory estimate fits", name, memory_gb)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Hugging Face token (model access itself: secrets.check_model_access)
+
+
+def check_token(cfg: Config, token: str | None) -> None:
+    """A token the Hub refuses (revoked, expired) fails here, by name: the Hub answers a refused token with 401 on
+    every request, which the access checks would otherwise report as a missing repository or skip."""
+    uses_hub = (
+        secrets.is_hub_id(cfg.model.name) or isinstance(_data_location(cfg), str) or cfg.output.uri.startswith("hf://")
+    )
+    if not token or not uses_hub:
+        return
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        me = api.whoami(token=token, cache=True)
+    except HfHubHTTPError as e:
+        if e.response is not None and e.response.status_code == 401:
+            raise AuthError(
+                f"the Hugging Face token was refused by {api.endpoint} (invalid, expired or revoked); create a new "
+                f"one at {api.endpoint}/settings/tokens and update HF_TOKEN (or HF_TOKEN_FILE, HF_TOKEN_SECRET_ID, "
+                "or the Kaggle secret HF_TOKEN)"
+            ) from None
+        log.warning("could not check the Hugging Face token (%s); continuing", e.__class__.__name__)
+        return
+    except Exception as e:  # noqa: BLE001 - offline or an isolated network: the loader decides, with its own error
+        log.warning("could not check the Hugging Face token (%s); continuing", e.__class__.__name__)
+        return
+    log.info("Hugging Face token of %s: valid", me.get("name"))
+
+
+def check_destination(cfg: Config, token: str | None) -> None:
+    """s3://: a valid bucket name, the bucket and credentials, no finished run there, then a probe write and delete.
+    hf://: a write token (publish's check), then write permission on the repo or, for a new one, its namespace.
+    A local folder was already probed when the run folder was made (rundir.prepare)."""
+    uri = cfg.output.uri.rstrip("/")
+    if uri.startswith("s3://"):
+        check_bucket_name(uri)
+        publish.check_destination(cfg)
+        probe_s3(uri)
+    elif uri.startswith("hf://"):
+        publish.check_destination(cfg)
+        check_hub_write(uri.removeprefix("hf://").strip("/"), token)
+
+
+def check_bucket_name(uri: str) -> None:
+    bucket, _ = publish.split_s3(uri)
+    if not _BUCKET_NAME.match(bucket) or ".." in bucket:
+        raise ConfigInputError(
+            f"output.uri {uri!r}: {bucket!r} is not a valid S3 bucket name (3-63 characters: lowercase letters, "
+            "digits, dots and hyphens, starting and ending with a letter or digit); fix output.uri"
+        )
+
+
+def probe_s3(uri: str) -> None:
+    """Write and delete an empty object under the prefix: a policy may allow listing the bucket but not writing."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = publish.split_s3(uri)
+    key = "/".join(p for p in (prefix, f".write-probe-{uuid.uuid4().hex}") if p)
+    client = publish.s3_client()
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("403", "AccessDenied", "Forbidden", "AllAccessDisabled"):
+            raise AuthError(
+                f"not allowed to write to {uri}: the job's AWS identity needs s3:PutObject on "
+                f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}* (the bucket itself is readable)"
+            ) from None
+        raise OutputError(
+            f"cannot write to {uri} ({code or 'unknown error'}); fix output.uri or the job's S3 access"
+        ) from None
+    except BotoCoreError as e:
+        raise OutputError(
+            f"cannot write to {uri} ({e.__class__.__name__}); check the network or AWS_ENDPOINT_URL"
+        ) from None
+    try:
+        client.delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as e:  # the job itself never deletes: not being allowed to is no failure
+        log.warning("wrote s3://%s/%s to test access but could not delete it (%s)", bucket, key, type(e).__name__)
+    log.info("destination %s: writable", uri)
+
+
+def check_hub_write(repo_id: str, token: str | None) -> None:
+    """Write permission on an existing repo; for a repo the job will create, a namespace the token's account may
+    create repos in. An unreachable Hub is no failure here: publishing decides, and the local run stays complete."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    api = HfApi()
+    try:
+        api.auth_check(repo_id, write=True, token=token)
+    except RepositoryNotFoundError:
+        check_hub_namespace(api, repo_id, token)
+        return
+    except (GatedRepoError, HfHubHTTPError) as e:
+        status = e.response.status_code if e.response is not None else None
+        if isinstance(e, GatedRepoError) or status in (401, 403):
+            raise AuthError(
+                f"the Hugging Face token may not write to hf://{repo_id}; use a write token of an account with write "
+                "access to it (a fine-grained token needs write permission on that repo or namespace)"
+            ) from None
+        log.warning("could not check write access to hf://%s (%s); continuing", repo_id, e.__class__.__name__)
+        return
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not check write access to hf://%s (%s); continuing", repo_id, e.__class__.__name__)
+        return
+    log.info("destination hf://%s: writable", repo_id)
+
+
+def check_hub_namespace(api, repo_id: str, token: str | None) -> None:
+    owner = repo_id.split("/")[0]
+    try:
+        me = api.whoami(token=token, cache=True)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not look up the token's account (%s); continuing", e.__class__.__name__)
+        return
+    if "orgs" not in me:
+        return  # an answer without the organisations cannot tell who may create repos under `owner`
+    name = me.get("name")
+    roles = {org.get("name"): org.get("roleInOrg") for org in me["orgs"]}
+    if owner != name and owner not in roles:
+        raise AuthError(
+            f"hf://{repo_id} does not exist and {name} cannot create it: {owner} is neither that account nor one of "
+            f"its organizations ({', '.join(sorted(roles)) or 'none'}); fix output.uri or join {owner}"
+        )
+    if roles.get(owner) == "read":
+        raise AuthError(
+            f"hf://{repo_id} does not exist and {name} has the read role in {owner}, which cannot create repos; "
+            "ask an admin of the organization for the write role, or publish under your own account"
+        )
+    log.info("destination hf://%s: will be created by %s", repo_id, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: files readable, not empty, text in UTF-8; a hub data set exists and opens with the token
+
+TEXT_SUFFIXES = {".jsonl", ".json", ".csv"}
+CHUNK = 1 << 20
+
+
+def _data_location(cfg: Config) -> str | Path | None:
+    """A hub id (str) or a local file or folder; None when the path is missing (check_data reports that)."""
+    try:
+        return data._location(cfg.data.dataset)
+    except DataError:
+        return None
+
+
+def check_data(cfg: Config, token: str | None, ask_hub: bool = True) -> None:
+    """datasets reports an unreadable, empty or non-UTF-8 file from deep inside its generator, often as
+    "An error occurred while generating the dataset"; reading the files first names the file and the fix."""
+    where = data._location(cfg.data.dataset)  # raises DataError for a missing file, folder or channel
+    if isinstance(where, str):
+        if ask_hub:
+            check_hub_dataset(where, token)
+        return
+    files = data._folder_files(where) if where.is_dir() else {"all": str(where)}
+    for path in files.values():
+        check_data_file(Path(path))
+
+
+def check_data_file(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(CHUNK)
+            if not head.strip():
+                raise DataError(f"{path} is empty; put the split's rows in it or remove the file")
+            suffix = path.suffix.lower()
+            if suffix == ".parquet" and not head.startswith(b"PAR1"):
+                raise DataError(f"{path} is not a Parquet file (it does not start with PAR1); re-export it")
+            if suffix in TEXT_SUFFIXES:
+                lines = _check_utf8(path, f, head)
+                if suffix == ".csv" and lines <= 1:
+                    raise DataError(f"{path} holds a header but no rows; put the split's rows in it")
+    except OSError as e:
+        raise DataError(
+            f"cannot read {path}: {e.strerror or e}; make it readable by the user the job runs as (uid {os.getuid()})"
+        ) from None
+
+
+def _check_utf8(path: Path, f, head: bytes) -> int:
+    """Decode the whole file as UTF-8, chunk by chunk; returns the number of non-empty lines."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines, chunk = 0, 0, head
+    while chunk:
+        try:
+            text = decoder.decode(chunk)
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path} is not UTF-8 text (byte 0x{chunk[e.start]:02x} at offset {offset + e.start}); re-save it "
+                "as UTF-8 (e.g. `iconv -f cp1252 -t utf-8 IN > OUT`)"
+            ) from None
+        lines += sum(1 for line in text.splitlines() if line.strip())
+        offset += len(chunk)
+        chunk = f.read(CHUNK)
+    return lines
+
+
+def check_hub_dataset(repo_id: str, token: str | None) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    api = HfApi()
+    try:
+        api.auth_check(repo_id, repo_type="dataset", token=token)
+    except GatedRepoError:
+        raise AuthError(
+            f"data set {repo_id} is gated and this Hugging Face token has no access: request access on "
+            f"{api.endpoint}/datasets/{repo_id}, then set HF_TOKEN to a token of that account"
+        ) from None
+    except RepositoryNotFoundError:
+        hint = "check the spelling" + ("" if token else ", or set HF_TOKEN if it is a private data set")
+        raise DataError(f"data set {repo_id!r} was not found on {api.endpoint} ({hint})") from None
+    except Exception as e:  # noqa: BLE001 - offline with a cached copy is fine: the loader decides
+        log.warning("could not check access to data set %s (%s); continuing", repo_id, e.__class__.__name__)
+        return
+    log.info("access to data set %s: ok", repo_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Disk
+
+
+@dataclass
+class DiskNeed:
+    what: str
+    path: Path  # where it is written (may not exist yet)
+    bytes: int
+    setting: str  # what the user changes to put it elsewhere
+
+
+def disk_needs(cfg: Config) -> list[DiskNeed]:
+    """What the run writes, estimated from job.memory's parameter counts. Empty when the model's shape is unknown."""
+    try:
+        arch = memory.architecture(cfg.model.name)
+    except memory.UnknownArchitecture:
+        log.info("disk check: no parameter counts for %s; skipped", cfg.model.name)
+        return []
+    counts = memory.parameter_counts(arch)
+    lora = memory.lora_parameters(arch, cfg.lora.r, cfg.lora.target_modules)
+    run_dir = rundir.local_parent(cfg).resolve() / str(cfg.output.run_name)
+    checkpoints = (
+        Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runtime.default_checkpoint_dir(run_dir)
+    )
+    optimizer_bytes = 2 if "8bit" in cfg.train.optimizer else 8  # `auto` counted as 32-bit AdamW, the larger
+    needs = []
+    if secrets.is_hub_id(cfg.model.name):
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+        size = counts["total"] * HUB_BYTES_PER_PARAM.get(arch["kind"], 2)
+        already = _folder_bytes(cache / f"models--{cfg.model.name.replace('/', '--')}")
+        needs.append(DiskNeed(f"the {cfg.model.name} download", cache, max(0, size - already), "HF_HOME"))
+    # save_total_limit newest checkpoints, one more while the next is written, and the best one kept besides
+    per_checkpoint = lora * (4 + 4 + optimizer_bytes)
+    needs.append(
+        DiskNeed("checkpoints", checkpoints, per_checkpoint * (cfg.train.save_total_limit + 2), "train.checkpoint_dir")
+    )
+    outputs = lora * 4 + (counts["total"] * 2 if cfg.output.merge else 0)
+    where = "output.uri" if not rundir.is_remote(cfg.output.uri) else "output.local_dir"
+    needs.append(
+        DiskNeed("the run folder" + (" with the merged model" if cfg.output.merge else ""), run_dir, outputs, where)
+    )
+    return needs
+
+
+def check_disk(cfg: Config) -> None:
+    """Each filesystem holds what the run writes to it, with some headroom."""
+    by_filesystem: dict[int, list[DiskNeed]] = {}
+    for need in disk_needs(cfg):
+        by_filesystem.setdefault(os.stat(_existing(need.path)).st_dev, []).append(need)
+    for needs in by_filesystem.values():
+        free = shutil.disk_usage(_existing(needs[0].path)).free
+        total = sum(n.bytes for n in needs)
+        if total + DISK_HEADROOM > free:
+            parts = ", ".join(f"{n.what} ~{n.bytes / GIB:.1f} GB" for n in needs if n.bytes)
+            settings = " or ".join(dict.fromkeys(n.setting for n in needs if n.bytes))
+            raise ResourceError(
+                f"not enough disk space on the filesystem of {needs[0].path}: {parts}, "
+                f"{free / GIB:.1f} GB free; free space there or point {settings} at a larger disk"
+            )
+
+
+def _existing(path: Path) -> Path:
+    """The path itself or its nearest existing parent (what will be written may not exist yet)."""
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _folder_bytes(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
