@@ -14,7 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -140,7 +140,7 @@ def build_command(
 class Registry:
     host: str
     username: str
-    password: str
+    password: str = field(repr=False)  # never in a log line or a traceback's locals
 
 
 def ecr_client(region: str | None):
