@@ -1,0 +1,108 @@
+"""Evaluation throughput: the job's batched greedy generation against generating one summary at a time.
+
+Both arms summarize the same DialogSum-like dialogues with the same 4-bit model, the same prompts (built by the
+job's `prompt_ids_for_generation`), the same greedy settings and the same max_new_tokens. The job's arm is
+`job.generation.generate` (sorted by length, left-padded batches, KV cache); the baseline is the notebooks' loop, one
+`model.generate` call per dialogue. In fp32 the summaries must be identical, and the benchmark checks that they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from benchmarks import common
+
+log = logging.getLogger(__name__)
+
+
+def prompts(cfg, tokenizer, n: int) -> list[list[int]]:
+    """Prompt ids as the job's evaluation builds them (dialogue cut so the summary still fits max_length)."""
+    from job.prompts import prompt_ids_for_generation
+
+    max_prompt = max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
+    return [prompt_ids_for_generation(tokenizer, cfg.data, e.dialogue, max_prompt) for e in common.rows(n)]
+
+
+@torch.inference_mode()
+def one_at_a_time(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int) -> list[str]:
+    """The notebooks' loop: one unpadded `generate` call per dialogue."""
+    from job.generation import greedy_config
+
+    config = greedy_config(model, tokenizer, max_new_tokens)
+    stops = set(config.eos_token_id)
+    device = next(model.parameters()).device
+    texts = []
+    for ids in prompt_ids:
+        input_ids = torch.tensor([ids], device=device)
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
+        new = out[0, len(ids) :].tolist()
+        end = next((k for k, t in enumerate(new) if t in stops), len(new))
+        texts.append(tokenizer.decode(new[:end], skip_special_tokens=True).strip())
+    return texts
+
+
+def batched(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int):
+    from job.generation import generate
+
+    return generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, desc="batched (benchmark)")
+
+
+def run(size: common.Size) -> dict:
+    cfg, hw = common.config(), common.hardware()
+    tokenizer = common.load_tokenizer(cfg)
+    model = common.load_model(cfg, hw, lora=False)
+    model.eval()
+    prompt_ids = prompts(cfg, tokenizer, size.eval_dialogues)
+    n = len(prompt_ids)
+    batched(model, tokenizer, prompt_ids[:2], 2, 2)  # first-call allocations stay out of the timing
+    seconds: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
+    for repeat in range(size.repeats):
+        order = ["batched", "one_at_a_time"] if repeat % 2 == 0 else ["one_at_a_time", "batched"]
+        for arm in order:
+            start = time.perf_counter()
+            if arm == "batched":
+                out = batched(model, tokenizer, prompt_ids, size.max_new_tokens, size.eval_batch_size)
+                batched_texts, hit = out.texts, out.hit_max_new_tokens
+            else:
+                single_texts = one_at_a_time(model, tokenizer, prompt_ids, size.max_new_tokens)
+            seconds[arm].append(time.perf_counter() - start)
+            log.info("eval repeat %d, %s: %.2f summaries/s", repeat + 1, arm, n / seconds[arm][-1])
+    differing = [i for i, (a, b) in enumerate(zip(batched_texts, single_texts, strict=True)) if a != b]
+    if differing:
+        i = differing[0]
+        raise AssertionError(
+            f"{len(differing)} of {n} batched summaries differ from one-at-a-time ones in fp32; first, dialogue {i}: "
+            f"{batched_texts[i]!r} vs {single_texts[i]!r}"
+        )
+    rate = {arm: [n / s for s in values] for arm, values in seconds.items()}
+    paired = [b / s for b, s in zip(rate["batched"], rate["one_at_a_time"], strict=True)]
+    words = [len(t.split()) for t in batched_texts]
+    return {
+        "model": f"{cfg.model.name} (4-bit {cfg.model.quant_type}, no adapter)",
+        "compute_dtype": "float32",
+        "dialogues": n,
+        "prompt_tokens_mean": round(sum(map(len, prompt_ids)) / n, 1),
+        "max_new_tokens": size.max_new_tokens,
+        "batch_size": size.eval_batch_size,
+        "repeats": size.repeats,
+        "summaries_hit_max_new_tokens": sum(hit),
+        "summary_words_mean": round(sum(words) / n, 1),
+        "identical_summaries": n - len(differing),
+        "batched": _arm(rate["batched"], seconds["batched"]),
+        "one_at_a_time": _arm(rate["one_at_a_time"], seconds["one_at_a_time"]),
+        "speedup_each": [round(r, 2) for r in paired],
+        # each repeat runs both arms back to back, so its ratio is the least disturbed by other load on the machine
+        "eval_speedup": round(common.median(paired), 2),
+        "ratio_of_median_rates": round(common.median(rate["batched"]) / common.median(rate["one_at_a_time"]), 2),
+    }
+
+
+def _arm(rates: list[float], seconds: list[float]) -> dict:
+    return {
+        "summaries_per_second": round(common.median(rates), 3),
+        "summaries_per_second_each": [round(r, 3) for r in rates],
+        "seconds_each": [round(s, 2) for s in seconds],
+    }
