@@ -128,6 +128,14 @@ def test_dry_run_writes_the_kernel_folder_without_network(creds, api, capsys):
     assert not [r for r in requirements if re.match(r"torch\b", r)]  # Kaggle's CUDA torch stays
 
 
+def test_public_and_accelerator_options_reach_the_metadata(creds, capsys):
+    argv = ["--config", "test", "--kernel", KERNEL, "--dry-run", "--folder", "k", "--public"]
+    assert kaggle.main([*argv, "--accelerator", "NvidiaTeslaP100"]) == 0
+    meta = json.loads(Path("k/kernel-metadata.json").read_text())
+    assert meta["is_private"] is False and meta["machine_shape"] == "NvidiaTeslaP100"
+    assert "NvidiaTeslaP100 is retired: Kaggle runs the kernel on T4 instead" in capsys.readouterr().err
+
+
 def test_same_config_gives_the_same_code_file(creds):
     for folder in ("a", "b"):
         kaggle.main(["--config", "test", "--kernel", KERNEL, "--dry-run", "--folder", folder])
