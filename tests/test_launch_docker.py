@@ -48,7 +48,7 @@ def test_docker_gpu_command_with_mounts_user_and_token_by_name(tmp_path, monkeyp
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     runs, cache = tmp_path / "r", tmp_path / "c"
     code, cmd, err = launch(
-        "train", "--config", "smoke", "--engine", "docker", "--image", "dsq:1",
+        "train", "--config", "llama-3.2-3b-qlora", "--engine", "docker", "--image", "dsq:1",
         "--runs", str(runs), "--hf-cache", str(cache), "train.max_steps=5",
     )  # fmt: skip
     assert code == 0, err
@@ -57,7 +57,7 @@ def test_docker_gpu_command_with_mounts_user_and_token_by_name(tmp_path, monkeyp
     assert flag_values(cmd, "-v") == [f"{runs}:/runs", f"{cache}:/cache/huggingface"]
     assert flag_values(cmd, "-e") == ["HF_TOKEN"]
     at = cmd.index("dsq:1")
-    assert cmd[at:] == ["dsq:1", "train", "--config", "smoke", "train.max_steps=5", "output.uri=/runs"]
+    assert cmd[at:] == ["dsq:1", "train", "--config", "llama-3.2-3b-qlora", "train.max_steps=5", "output.uri=/runs"]
     assert TOKEN not in " ".join(cmd) + err
     assert not runs.exists(), "printing must not create folders"
 
