@@ -34,7 +34,17 @@ BASE_IMAGE = os.environ.get("CONTAINER_BASE_IMAGE", "localhost/debian:bookworm")
 WHEELS = Path(os.environ.get("CONTAINER_TORCH_WHEELS", "/opt/wheels"))
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 TAG = "localhost/dialogsum-qlora:container-test"
-METRIC_KEYS = {"rouge1", "rouge2", "rougeL", "rougeLsum", "ci95", "avg_words", "length_ratio", "hit_max_new_tokens"}
+METRIC_KEYS = {
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rougeLsum",
+    "multi_reference",
+    "ci95",
+    "avg_words",
+    "length_ratio",
+    "hit_max_new_tokens",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,6 +206,7 @@ def files_containing(folder: Path, needle: str) -> list[str]:
 def assert_complete_run(run_dir: Path) -> dict:
     """A finished run folder: every file in the manifest as listed, and the metrics the job promises."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {"versions", "seed", "started_at", "finished_at", "files"} <= set(manifest)
     listed = {f["path"] for f in manifest["files"]}
     assert {"metrics.json", "config.yaml", "predictions.jsonl", "report.md"} <= listed
     assert any(p.startswith("adapter/") for p in listed)
