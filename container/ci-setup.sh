@@ -26,9 +26,11 @@ as_root() {
 install_packages() {
     command -v apt-get >/dev/null || no_engine "$* missing and this is not a Debian-family system (install them)"
     say "installing $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-        && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
-        || no_engine "apt-get could not install $* (needs root and the Debian mirror)"
+    # With recommends, as checked here: podman's networking and storage helpers come as recommendations.
+    if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+        && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }; then
+        no_engine "apt-get could not install $* (needs root and the Debian mirror)"
+    fi
 }
 
 configure_podman() {
@@ -36,8 +38,10 @@ configure_podman() {
     local wanted
     wanted=$'[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"'
     if [ "$(cat "$CONF_DROP_IN" 2>/dev/null)" != "$wanted" ]; then
-        as_root mkdir -p "$(dirname "$CONF_DROP_IN")" && printf '%s\n' "$wanted" | as_root tee "$CONF_DROP_IN" >/dev/null \
-            || no_engine "cannot write $CONF_DROP_IN (needs root)"
+        if ! { as_root mkdir -p "$(dirname "$CONF_DROP_IN")" \
+            && printf '%s\n' "$wanted" | as_root tee "$CONF_DROP_IN" >/dev/null; }; then
+            no_engine "cannot write $CONF_DROP_IN (needs root)"
+        fi
         say "wrote $CONF_DROP_IN"
     fi
 }
