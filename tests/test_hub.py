@@ -57,13 +57,21 @@ class HubStandIn:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 stand_in.requests.append(("GET", path))
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                if path.startswith("/api/models/") and path.endswith("/auth-check/write"):
+                    repo = path.removeprefix("/api/models/").removesuffix("/auth-check/write")
+                    if not any(f"{c['organization']}/{c['name']}" == repo for c in stand_in.created):
+                        return self._json(404, {"error": "Repository not found"}, error_code="RepoNotFound")
+                    return self._json(200, {})
                 if path != "/api/whoami-v2":
                     return self._json(404, {"error": f"no such endpoint {path}"})
-                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
                 if token.startswith("hf_invalid"):
                     return self._json(401, {"error": "Invalid credentials in Authorization header"})
                 role = "read" if token.startswith("hf_read") else "write"
-                return self._json(200, {"type": "user", "name": "alice", "auth": {"accessToken": {"role": role}}})
+                orgs = [{"name": "team", "roleInOrg": "write"}]
+                return self._json(
+                    200, {"type": "user", "name": "alice", "orgs": orgs, "auth": {"accessToken": {"role": role}}}
+                )
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -104,9 +112,11 @@ class HubStandIn:
                 oid = f"{len(stand_in.commits):040x}"
                 return self._json(200, {"commitUrl": f"{stand_in.url}/{repo}/commit/{oid}", "commitOid": oid})
 
-            def _json(self, status: int, obj: dict):
+            def _json(self, status: int, obj: dict, error_code: str | None = None):
                 data = json.dumps(obj).encode()
                 self.send_response(status)
+                if error_code:  # how the Hub names an error for its clients
+                    self.send_header("X-Error-Code", error_code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
