@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUILTIN_MODELS = ("builtin:tiny-llama",)
+BUILTIN_MODELS = ("builtin:tiny-llama", "builtin:tiny-t5")
 TOKENIZER_FILE = Path(__file__).parent / "builtin" / "tokenizer.json"
 SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>"]
 
@@ -22,6 +22,20 @@ TINY_LLAMA = dict(
     rope_theta=10000.0,
     tie_word_embeddings=False,
     initializer_range=0.02,
+)
+
+
+TINY_T5 = dict(
+    d_model=128,
+    d_kv=32,
+    d_ff=384,
+    num_layers=2,
+    num_decoder_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    dropout_rate=0.0,
+    feed_forward_proj="gated-gelu",  # FLAN-T5's
+    tie_word_embeddings=False,
 )
 
 
@@ -46,7 +60,8 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> None:
     TOKENIZER_FILE.write_text(tok.to_str(pretty=False), encoding="utf-8")
 
 
-def load_tokenizer():
+def load_tokenizer(encoder_decoder: bool = False):
+    """The shipped tokenizer: BOS first for the decoder-only model; EOS last for the encoder-decoder one (T5's way)."""
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
@@ -56,7 +71,8 @@ def load_tokenizer():
         pad_token="<|pad|>",
         padding_side="right",
         model_max_length=TINY_LLAMA["max_position_embeddings"],
-        add_bos_token=True,
+        add_bos_token=not encoder_decoder,
+        add_eos_token=encoder_decoder,
     )
 
 
@@ -69,18 +85,31 @@ def build(name: str, folder: Path, seed: int = 0) -> Path:
         raise ValueError(f"unknown built-in model {name!r}; known: {', '.join(BUILTIN_MODELS)}")
     if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
         return folder
-    tokenizer = load_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **TINY_LLAMA,
-    )
-    fork = torch.random.fork_rng()
-    with fork:
+    if name == "builtin:tiny-t5":
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        tokenizer = load_tokenizer(encoder_decoder=True)
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **TINY_T5,
+        )
+        model_cls = T5ForConditionalGeneration
+    else:
+        tokenizer = load_tokenizer()
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **TINY_LLAMA,
+        )
+        model_cls = LlamaForCausalLM
+    with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = model_cls(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

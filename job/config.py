@@ -21,14 +21,18 @@ from typing import Any, Literal
 
 import yaml
 
-METHODS = ("qlora", "lora")
+METHODS = ("qlora", "lora", "full", "prompt_tuning")
 
 
 @dataclass
 class ModelConfig:
     name: str = "builtin:tiny-llama"
-    """Hub id (`meta-llama/Llama-3.2-3B-Instruct`), a local folder with weights (such as a SageMaker
-    input channel), or `builtin:tiny-llama` (a tiny model built in-process, no download)."""
+    """Hub id (`meta-llama/Llama-3.2-3B-Instruct`, `google/flan-t5-base`), a local folder with weights (such as a
+    SageMaker input channel), or a tiny model built in-process with no download: `builtin:tiny-llama` (decoder-only)
+    or `builtin:tiny-t5` (encoder-decoder)."""
+    load_in_4bit: bool | None = None
+    """Load the base in 4-bit NF4. None: true for qlora, false for lora and full (full fine-tuning cannot train
+    4-bit weights), false for prompt_tuning."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to load; pin a commit for reproducible runs."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
@@ -59,6 +63,14 @@ class LoraConfig:
     """Modules that get adapters: `all-linear` or a list such as `[q_proj, v_proj]`."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases train."""
+
+
+@dataclass
+class PromptTuningConfig:
+    num_virtual_tokens: int = 20
+    """Soft-prompt length (method=prompt_tuning). More tokens: more capacity, shorter room for the dialogue."""
+    init_text: str | None = "Summarize the following conversation."
+    """Initialise the soft prompt from this text's embeddings (None: random)."""
 
 
 @dataclass
@@ -166,8 +178,11 @@ class EvalConfig:
     """Bootstrap resamples for the 95% intervals."""
     report_samples: int = 5
     """Examples shown side by side in report.md."""
-    baselines: list[str] = field(default_factory=list)
-    """In-context baselines to score besides zero-shot (reserved)."""
+    baselines: list[Literal["one_shot", "few_shot"]] = field(default_factory=list)
+    """In-context baselines of the base model scored besides zero-shot (`base`): `one_shot`, `few_shot`. Shots are
+    drawn with a fixed seed from the train split, never from the scored split."""
+    few_shot_examples: int = 3
+    """Shots in the few_shot baseline."""
 
 
 @dataclass
@@ -189,14 +204,23 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    method: Literal["qlora", "lora"] = "qlora"
-    """`qlora`: LoRA on a 4-bit NF4 base; `lora`: the same on a 16/32-bit base."""
+    method: Literal["qlora", "lora", "full", "prompt_tuning"] = "qlora"
+    """`qlora`: LoRA on a 4-bit NF4 base; `lora`: the same on a 16/32-bit base; `full`: every weight trains (16/32-bit,
+    needs ~16 bytes of GPU memory per parameter); `prompt_tuning`: PEFT soft prompts, the model stays frozen."""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the base model loads in 4-bit."""
+        if self.model.load_in_4bit is not None:
+            return self.model.load_in_4bit
+        return self.method == "qlora"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,12 +283,16 @@ def read_yaml(name_or_path: str) -> dict[str, Any]:
 
 
 def parse_scalar(text: str) -> Any:
-    """Parse a command-line or hyperparameter value as a YAML scalar (`true`, `2`, `2e-4`, `[a, b]`)."""
+    """Parse a command-line or hyperparameter value as a YAML scalar (`true`, `2`, `2e-4`, `[a, b]`).
+
+    Text that YAML reads as a mapping (`You summarize: briefly.`) stays text; a quoted value stays a string."""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, str):
+    if isinstance(value, dict):
+        return text
+    if isinstance(value, str) and not text.strip().startswith(("'", '"')):
         try:  # YAML 1.1 reads 2e-4 as a string; users mean a number
             return float(value) if any(c in value.lower() for c in ".e") else int(value)
         except ValueError:
@@ -426,6 +454,18 @@ def _check_values(cfg: Config) -> list[str]:
         p.append("set train.epochs > 0 or train.max_steps > 0")
     if t.max_grad_norm < 0:
         p.append(f"train.max_grad_norm must be >= 0, got {t.max_grad_norm}")
+    quant = cfg.model.load_in_4bit
+    if cfg.method == "full" and quant:
+        p.append(
+            "method=full trains every weight and cannot train 4-bit weights; set model.load_in_4bit=false or "
+            "use method=qlora"
+        )
+    if cfg.method == "qlora" and quant is False:
+        p.append("method=qlora is LoRA on a 4-bit base; for a 16/32-bit base use method=lora")
+    if cfg.prompt_tuning.num_virtual_tokens < 1:
+        p.append(f"prompt_tuning.num_virtual_tokens must be >= 1, got {cfg.prompt_tuning.num_virtual_tokens}")
+    if e.few_shot_examples < 2:
+        p.append(f"eval.few_shot_examples must be >= 2, got {e.few_shot_examples}")
     if lora.r < 1 or lora.alpha < 1:
         p.append(f"lora.r and lora.alpha must be >= 1, got r={lora.r} alpha={lora.alpha}")
     if not 0 <= lora.dropout < 1:

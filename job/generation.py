@@ -96,9 +96,11 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, device) ->
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
     out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+    # decoder-only models return the prompt too; encoder-decoders return the decoder start token, then new tokens
+    new = out[:, 1:] if model.config.is_encoder_decoder else out[:, width:]
     results = []
     stops = set(config.eos_token_id)
-    for row in out[:, width:].tolist():
+    for row in new.tolist():
         end = next((k for k, t in enumerate(row) if t in stops), None)
         ended = end is not None
         if ended:

@@ -56,10 +56,27 @@ def resolve_model_path(cfg: Config, run_dir: Path) -> str:
     return name
 
 
+def is_encoder_decoder(path: str, cfg: Config) -> bool:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    )
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def for_architecture(hw: Hardware, encoder_decoder: bool) -> Hardware:
+    """T5-family models overflow in fp16: compute in fp32 on GPUs without bf16."""
+    if encoder_decoder and hw.compute_dtype == torch.float16:
+        log.info("encoder-decoder model on %s without bf16: computing in fp32 (T5 overflows in fp16)", hw.name)
+        return Hardware(device=hw.device, name=hw.name, compute_dtype=torch.float32, capability=hw.capability)
+    return hw
+
+
 def quantization_config(cfg: Config, hw: Hardware):
     from transformers import BitsAndBytesConfig
 
-    if cfg.method != "qlora":
+    if not cfg.quantized:
         return None
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -101,8 +118,8 @@ def load_tokenizer(path: str, cfg: Config):
 
 
 def load_base_model(cfg: Config, path: str, hw: Hardware):
-    """The base model for training and scoring: 4-bit NF4 for qlora, compute dtype for lora."""
-    from transformers import AutoModelForCausalLM
+    """The base model for training and scoring: 4-bit NF4 for qlora, compute dtype for the other methods."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kwargs = dict(
         revision=cfg.model.revision,
@@ -116,7 +133,8 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
     if hw.device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path, cfg) else AutoModelForCausalLM
+        model = auto.from_pretrained(path, **kwargs)
     except torch.cuda.OutOfMemoryError:
         raise ResourceError(
             f"the GPU ({hw.name}) ran out of memory loading {cfg.model.name}; use method=qlora, a smaller model "
@@ -133,12 +151,28 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
     return model
 
 
-def add_lora(model, cfg: Config):
-    """Freeze the base, prepare it for k-bit training, attach LoRA adapters; returns the PEFT model."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def add_adapters(model, cfg: Config):
+    """Make the model trainable the configured way: LoRA (qlora/lora), soft prompts (prompt_tuning) or every weight
+    (full). Returns the model to train (a PEFT model except for full)."""
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, get_peft_model, prepare_model_for_kbit_training
 
+    task = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
     gc_kwargs = {"use_reentrant": False}
-    if cfg.method == "qlora" and cfg.model.upcast_non_quantized:
+    if cfg.method == "full":
+        for param in model.parameters():
+            param.requires_grad = True
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        n = sum(p.numel() for p in model.parameters())
+        log.warning(
+            "method=full trains all %s parameters: about %.1f GB of GPU memory for weights, gradients and AdamW "
+            "states before activations (qlora needs a fraction of that)",
+            f"{n:,}",
+            n * 16 / 1e9,
+        )
+        _log_counts(model)
+        return model
+    if cfg.quantized and cfg.model.upcast_non_quantized:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.train.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
         )
@@ -148,40 +182,76 @@ def add_lora(model, cfg: Config):
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
             model.enable_input_require_grads()
-    lora = LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
-        bias=cfg.lora.bias,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    if cfg.method == "prompt_tuning":
+        pt = cfg.prompt_tuning
+        peft_config = PromptTuningConfig(
+            task_type=task,
+            num_virtual_tokens=pt.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if pt.init_text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=pt.init_text,
+            tokenizer_name_or_path=model.name_or_path if pt.init_text else None,
+        )
+    else:
+        peft_config = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            bias=cfg.lora.bias,
+            task_type=task,
+        )
+    model = get_peft_model(model, peft_config)
+    _log_counts(model)
     return model
 
 
-def save_adapter(model, tokenizer, cfg: Config, folder: Path) -> None:
-    """The adapter and tokenizer, recording the base model's public name (hub id or builtin:...), never the
-    temporary folder it was loaded from."""
-    model.peft_config["default"].base_model_name_or_path = cfg.model.name
-    model.save_pretrained(folder, save_embedding_layers=False)
+add_lora = add_adapters  # the name the benchmarks use for the qlora/lora case
+
+
+def _log_counts(model) -> None:
+    trainable, total = parameter_counts(model)
+    log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+
+def weights_folder(cfg: Config) -> str:
+    """`model/` for full fine-tuning (every weight changed), `adapter/` for the PEFT methods."""
+    return "model" if cfg.method == "full" else "adapter"
+
+
+def save_trained(model, tokenizer, cfg: Config, run_dir: Path) -> Path:
+    """The trained weights and tokenizer: the adapter (recording the base model's public name, hub id or builtin:...,
+    never the temporary folder it was loaded from) or, for method=full, the whole model."""
+    folder = run_dir / weights_folder(cfg)
+    if cfg.method == "full":
+        model.save_pretrained(folder)
+    else:
+        model.peft_config["default"].base_model_name_or_path = cfg.model.name
+        model.save_pretrained(folder, save_embedding_layers=False)
     tokenizer.save_pretrained(folder)
+    return folder
 
 
 def parameter_counts(model) -> tuple[int, int]:
-    return model.get_nb_trainable_parameters()
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
 def load_for_inference(run_dir: Path, cfg: Config, hw: Hardware):
-    """The base model and tokenizer of a finished run with its adapter applied (for `predict`)."""
+    """The trained model of a finished run and its tokenizer: the base with its adapter, or the full model."""
     from peft import PeftModel
 
-    name = cfg.model.name
-    path = str(run_dir / "base_model") if builtin.is_builtin(name) else name
-    tokenizer = load_tokenizer(str(run_dir / "adapter"), cfg)
-    base = load_base_model(cfg, path, hw)
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    if cfg.method == "full":
+        path = str(run_dir / "model")
+        tokenizer = load_tokenizer(path, cfg)
+        hw = for_architecture(hw, is_encoder_decoder(path, cfg))
+        model = load_base_model(cfg, path, hw)
+    else:
+        name = cfg.model.name
+        path = str(run_dir / "base_model") if builtin.is_builtin(name) else name
+        tokenizer = load_tokenizer(str(run_dir / "adapter"), cfg)
+        hw = for_architecture(hw, is_encoder_decoder(path, cfg))
+        model = PeftModel.from_pretrained(load_base_model(cfg, path, hw), run_dir / "adapter")
     model.eval()
     return model, tokenizer

@@ -18,15 +18,20 @@ def uses_chat_template(tokenizer, cfg: DataConfig) -> bool:
     return has and cfg.chat_template != "never"
 
 
-def render_prompt(tokenizer, cfg: DataConfig, dialogue: str) -> str:
+def render_prompt(tokenizer, cfg: DataConfig, dialogue: str, shots: tuple[tuple[str, str], ...] = ()) -> str:
     """The text the model sees before its summary. Chat templates get a fixed date (Llama-3.x's template prints
-    today's date otherwise, so the same config would train and score on different prompts on different days)."""
+    today's date otherwise, so the same config would train and score on different prompts on different days).
+    `shots` are (dialogue, summary) examples shown first, for the in-context baselines."""
     user = cfg.prompt_template.replace(PLACEHOLDER, dialogue)
     if not uses_chat_template(tokenizer, cfg):
-        return user
+        prefix = "".join(cfg.prompt_template.replace(PLACEHOLDER, d) + " " + s + "\n\n\n" for d, s in shots)
+        return prefix + user
     messages = []
     if cfg.system_prompt:
         messages.append({"role": "system", "content": cfg.system_prompt})
+    for d, s in shots:
+        messages.append({"role": "user", "content": cfg.prompt_template.replace(PLACEHOLDER, d)})
+        messages.append({"role": "assistant", "content": s})
     messages.append({"role": "user", "content": user})
     return tokenizer.apply_chat_template(
         messages,
@@ -54,47 +59,56 @@ class Encoded:
     truncated: bool
 
 
-def encode_example(tokenizer, cfg: DataConfig, dialogue: str, summary: str) -> Encoded:
-    """Token ids and labels for one training example: prompt labels are -100, the summary and EOS are learned.
+def encode_example(tokenizer, cfg: DataConfig, dialogue: str, summary: str, encoder_decoder: bool = False) -> Encoded:
+    """Token ids and labels for one training example.
 
+    Decoder-only: prompt and summary in one sequence, prompt labels -100, the summary and EOS learned.
+    Encoder-decoder: the prompt is the encoder input, the summary (with EOS) the labels.
     Over-long examples lose dialogue tokens from the end of the dialogue, never summary tokens (the summary is only
     capped at data.max_summary_tokens); the prompt's own framing is kept.
     """
     eos = tokenizer.eos_token_id
-    target = tokenizer(target_text(tokenizer, cfg, summary), add_special_tokens=False)["input_ids"]
+    text = summary if encoder_decoder else target_text(tokenizer, cfg, summary)
+    target = tokenizer(text, add_special_tokens=False)["input_ids"]
     target = target[: cfg.max_summary_tokens - 1] + [eos]
-    prompt = _prompt_ids(tokenizer, cfg, dialogue)
-    truncated = False
-    budget = cfg.max_length - len(target)
-    if len(prompt) > budget:
-        truncated = True
-        dialogue_ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
-        keep = max(0, len(dialogue_ids) - (len(prompt) - budget))
-        while True:  # decoding and re-encoding can shift a token or two; shrink until it fits
-            cut = tokenizer.decode(dialogue_ids[:keep], skip_special_tokens=True)
-            prompt = _prompt_ids(tokenizer, cfg, cut)
-            if len(prompt) <= budget or keep == 0:
-                break
-            keep = max(0, keep - max(1, len(prompt) - budget))
-        if len(prompt) > budget:
-            raise ValueError(
-                f"data.max_length={cfg.max_length} leaves no room for the prompt itself ({len(prompt)} tokens without "
-                f"any dialogue + {len(target)} summary tokens); raise data.max_length"
-            )
+    budget = cfg.max_length if encoder_decoder else cfg.max_length - len(target)
+    prompt, truncated = fit_prompt(tokenizer, cfg, dialogue, budget)
+    if encoder_decoder:
+        return Encoded(input_ids=prompt, labels=target, truncated=truncated)
     return Encoded(input_ids=prompt + target, labels=[-100] * len(prompt) + target, truncated=truncated)
 
 
-def _prompt_ids(tokenizer, cfg: DataConfig, dialogue: str) -> list[int]:
-    text = render_prompt(tokenizer, cfg, dialogue)
+def fit_prompt(
+    tokenizer, cfg: DataConfig, dialogue: str, budget: int, shots: tuple[tuple[str, str], ...] = ()
+) -> tuple[list[int], bool]:
+    """Prompt token ids within `budget`, cutting the end of the dialogue (only) when needed."""
+    prompt = _prompt_ids(tokenizer, cfg, dialogue, shots)
+    if len(prompt) <= budget:
+        return prompt, False
+    dialogue_ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
+    keep = max(0, len(dialogue_ids) - (len(prompt) - budget))
+    while True:  # decoding and re-encoding can shift a token or two; shrink until it fits
+        cut = tokenizer.decode(dialogue_ids[:keep], skip_special_tokens=True)
+        prompt = _prompt_ids(tokenizer, cfg, cut, shots)
+        if len(prompt) <= budget or keep == 0:
+            break
+        keep = max(0, keep - max(1, len(prompt) - budget))
+    if len(prompt) > budget:
+        raise ValueError(
+            f"{budget} tokens leave no room for the prompt itself ({len(prompt)} tokens without any dialogue); "
+            f"raise data.max_length"
+        )
+    return prompt, True
+
+
+def _prompt_ids(tokenizer, cfg: DataConfig, dialogue: str, shots: tuple[tuple[str, str], ...] = ()) -> list[int]:
+    text = render_prompt(tokenizer, cfg, dialogue, shots)
     # chat templates already contain the BOS token as text
     return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, cfg))["input_ids"]
 
 
-def prompt_ids_for_generation(tokenizer, cfg: DataConfig, dialogue: str, max_prompt_tokens: int) -> list[int]:
+def prompt_ids_for_generation(
+    tokenizer, cfg: DataConfig, dialogue: str, max_prompt_tokens: int, shots: tuple[tuple[str, str], ...] = ()
+) -> list[int]:
     """Prompt token ids for generation, cut on the dialogue side like training examples when too long."""
-    ids = _prompt_ids(tokenizer, cfg, dialogue)
-    if len(ids) <= max_prompt_tokens:
-        return ids
-    sub = DataConfig(**{**cfg.__dict__, "max_length": max_prompt_tokens + 1, "max_summary_tokens": 1})
-    enc = encode_example(tokenizer, sub, dialogue, "")
-    return enc.input_ids[:-1]
+    return fit_prompt(tokenizer, cfg, dialogue, max_prompt_tokens, shots)[0]

@@ -94,20 +94,26 @@ def run(cfg: Config) -> Path | None:
 
     faults.inject("load_model", cfg=cfg)
     path = modeling.resolve_model_path(cfg, run_dir)
+    enc_dec = modeling.is_encoder_decoder(path, cfg)
+    hw = modeling.for_architecture(hw, enc_dec)
     tokenizer = modeling.load_tokenizer(path, cfg)
     model = modeling.load_base_model(cfg, path, hw)
     attn = modeling.attention_implementation(cfg, hw)
-    max_prompt = max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
+    max_prompt = cfg.data.max_length if enc_dec else max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
     prompt_ids = [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
 
-    def summarize(desc: str) -> generation.Generated:
+    def summarize(desc: str, ids: list[list[int]] = prompt_ids) -> generation.Generated:
         return generation.generate_across_ranks(
-            model, tokenizer, prompt_ids, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc
+            model, tokenizer, ids, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc
         )
 
     base = summarize("base model summaries") if cfg.eval.base else None
+    baselines = {
+        name: summarize(f"{name} baseline", in_context_prompts(cfg, tokenizer, model, splits["train"], dialogues, name))
+        for name in cfg.eval.baselines
+    }
 
-    model = modeling.add_lora(model, cfg)
+    model = modeling.add_adapters(model, cfg)
     checkpoint_dir = (
         Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runtime.default_checkpoint_dir(run_dir)
     )
@@ -118,7 +124,7 @@ def run(cfg: Config) -> Path | None:
     model = trainer.model
     model.config.use_cache = True
     if main_rank:
-        modeling.save_adapter(model, tokenizer, cfg, run_dir / "adapter")
+        modeling.save_trained(model, tokenizer, cfg, run_dir)
     tuned = summarize("fine-tuned summaries")
     if not main_rank:  # rank 0 scores, writes and publishes alone
         distributed.cleanup()
@@ -130,6 +136,10 @@ def run(cfg: Config) -> Path | None:
     if base is not None:
         scores["base"] = scoring.score(base.texts, refs, samples, seed)
         scores["base"]["hit_max_new_tokens"] = sum(base.hit_max_new_tokens)
+    scored_baselines = {}
+    for name, out in baselines.items():
+        scored_baselines[name] = scoring.score(out.texts, refs, samples, seed)
+        scored_baselines[name]["hit_max_new_tokens"] = sum(out.hit_max_new_tokens)
 
     predictions = [
         {
@@ -138,6 +148,7 @@ def run(cfg: Config) -> Path | None:
             "references": d.references,
             "base": base.texts[i] if base else None,
             "finetuned": tuned.texts[i],
+            **{name: out.texts[i] for name, out in baselines.items()},
         }
         for i, d in enumerate(dialogues)
     ]
@@ -168,7 +179,7 @@ def run(cfg: Config) -> Path | None:
         },
         "base": scores.get("base"),
         "finetuned": scores["finetuned"],
-        "baselines": {},
+        "baselines": scored_baselines,
         "train": {
             "loss": result.loss,
             "eval_loss": result.eval_loss,
@@ -201,6 +212,33 @@ def run(cfg: Config) -> Path | None:
         log.info("published to %s", where)
     distributed.cleanup()
     return run_dir
+
+
+def in_context_prompts(cfg: Config, tokenizer, model, train_split, dialogues, name: str) -> list[list[int]]:
+    """Prompts of an in-context baseline: the same shots (drawn with a fixed seed from the train split, never from
+    the scored split) before every dialogue, checked against the model's context length."""
+    import random
+
+    from job import prompts
+    from job.errors import ConfigInputError
+
+    k = 1 if name == "one_shot" else cfg.eval.few_shot_examples
+    if k > len(train_split):
+        raise ConfigInputError(f"eval.baselines {name} needs {k} shots but the train split has {len(train_split)} rows")
+    scored = {d.dialogue for d in dialogues}
+    pool = [i for i in range(len(train_split)) if train_split[i]["dialogue"] not in scored]
+    picks = random.Random(cfg.train.seed).sample(pool, k)
+    shots = tuple((train_split[i]["dialogue"], train_split[i]["summary"]) for i in picks)
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    budget = (context - cfg.eval.max_new_tokens) if context else 10**9
+    try:
+        return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, budget, shots) for d in dialogues]
+    except ValueError:
+        raise ConfigInputError(
+            f"eval.baselines {name}: {k} shots alone exceed the model's context of {context} tokens minus "
+            f"eval.max_new_tokens={cfg.eval.max_new_tokens}; use one_shot, fewer eval.few_shot_examples or a "
+            f"model with a longer context"
+        ) from None
 
 
 def _extra_split(cfg: Config):

@@ -47,11 +47,11 @@ class Interrupted(Exception):
 # Data
 
 
-def tokenize(ds, tokenizer, cfg: Config, desc: str):
+def tokenize(ds, tokenizer, cfg: Config, desc: str, encoder_decoder: bool = False):
     """Tokenized examples with `input_ids`, `labels` and `length`; returns (dataset, number truncated)."""
 
     def encode(row):
-        enc = prompts.encode_example(tokenizer, cfg.data, row["dialogue"], row["summary"])
+        enc = prompts.encode_example(tokenizer, cfg.data, row["dialogue"], row["summary"], encoder_decoder)
         return {
             "input_ids": enc.input_ids,
             "labels": enc.labels,
@@ -72,9 +72,16 @@ def tokenize(ds, tokenizer, cfg: Config, desc: str):
     return out.remove_columns("truncated"), truncated
 
 
-def packing_mode(cfg: Config, hw: Hardware, attn: str) -> str:
+def packing_mode(cfg: Config, hw: Hardware, attn: str, encoder_decoder: bool = False) -> str:
     """Padding-free packing needs an attention kernel that keeps packed examples apart: flash attention on a GPU,
-    or SDPA/eager on the CPU with the cache off. Elsewhere (a T4 without flash attention) group by length."""
+    or SDPA/eager on the CPU with the cache off. Elsewhere (a T4 without flash attention) group by length.
+    Encoder-decoder models and soft prompts (prepended to every row) always group by length."""
+    if encoder_decoder or cfg.method == "prompt_tuning":
+        if cfg.train.packing == "padding_free":
+            log.warning(
+                "padding-free packing does not apply to encoder-decoder models or soft prompts: grouping by length"
+            )
+        return "group_by_length" if cfg.train.packing != "none" else "none"
     if cfg.train.packing != "auto":
         return cfg.train.packing
     if attn == "flash_attention_2" or hw.device == "cpu":
@@ -98,13 +105,16 @@ class CountingCollator:
         return batch
 
 
-def make_collator(mode: str, tokenizer):
+def make_collator(mode: str, tokenizer, encoder_decoder_model=None):
+    """Padding-free packing or dynamic padding (labels padded with -100; decoder inputs built for encoder-decoders)."""
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if mode == "padding_free":
         inner = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     else:
-        inner = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+        inner = DataCollatorForSeq2Seq(
+            tokenizer, model=encoder_decoder_model, padding=True, label_pad_token_id=-100, return_tensors="pt"
+        )
     return CountingCollator(inner, tokenizer.pad_token_id)
 
 
@@ -249,15 +259,16 @@ def optimizer_name(cfg: Config, hw: Hardware) -> str:
 
 
 def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, checkpoint_dir: Path, attn: str):
-    from transformers import Trainer, TrainingArguments
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
-    train_ds, truncated = tokenize(splits["train"], tokenizer, cfg, "tokenizing train")
+    enc_dec = bool(model.config.is_encoder_decoder)
+    train_ds, truncated = tokenize(splits["train"], tokenizer, cfg, "tokenizing train", enc_dec)
     eval_ds = None
     if "validation" in splits:
-        eval_ds, _ = tokenize(splits["validation"], tokenizer, cfg, "tokenizing validation")
-    mode = packing_mode(cfg, hw, attn)
-    collator = make_collator(mode, tokenizer)
+        eval_ds, _ = tokenize(splits["validation"], tokenizer, cfg, "tokenizing validation", enc_dec)
+    mode = packing_mode(cfg, hw, attn, enc_dec)
+    collator = make_collator(mode, tokenizer, model if enc_dec else None)
     total, eval_every, save_every = _steps(cfg, len(train_ds))
     world = runtime.world_size()
     log.info(
@@ -270,7 +281,8 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         world,
     )
     model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
-    args = TrainingArguments(
+    args_cls, trainer_cls = (Seq2SeqTrainingArguments, Seq2SeqTrainer) if enc_dec else (TrainingArguments, Trainer)
+    args = args_cls(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=cfg.train.batch_size,
         per_device_eval_batch_size=cfg.train.batch_size,
@@ -301,6 +313,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         gradient_checkpointing=False,  # already enabled on the model before LoRA was attached
         ddp_find_unused_parameters=False,  # only LoRA weights train, all of them every step
         report_to="none",
+        logging_nan_inf_filter=False,  # the filter logs a NaN loss as 0 and the run would finish with NaN weights
         seed=cfg.train.seed,
         data_seed=cfg.train.seed,
         dataloader_num_workers=0,
@@ -313,7 +326,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     metrics_cb, complete_cb, sigterm_cb = _callbacks(run_dir)
     callbacks = [metrics_cb, complete_cb, sigterm_cb] + ([TensorBoardCallback(tb_writer=writer)] if main else [])
     columns = ["input_ids", "labels"]
-    trainer = Trainer(
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_ds.select_columns(columns + (["length"] if mode == "group_by_length" else [])),

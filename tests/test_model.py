@@ -45,7 +45,7 @@ def test_lora_wraps_the_4bit_layers_and_only_adapters_train(qlora_model):
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 
     cfg, _, _, base, _ = qlora_model
-    model = modeling.add_lora(base, cfg)
+    model = modeling.add_adapters(base, cfg)
     wrapped = [m for m in model.modules() if isinstance(m, LoraLinear4bit)]
     assert len(wrapped) == 14
     assert all(isinstance(m.base_layer, bnb.nn.Linear4bit) for m in wrapped)
