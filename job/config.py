@@ -158,6 +158,9 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     """Where checkpoints go. None: /opt/ml/checkpoints on SageMaker, /kaggle/working/checkpoints on Kaggle,
     <run folder>/checkpoints elsewhere."""
+    fsdp: bool = False
+    """Under torchrun, shard the model across GPUs with FSDP (for a model that does not fit one GPU) instead of DDP
+    (a full copy per GPU). QLoRA with FSDP needs bnb_4bit_quant_storage equal to the compute dtype; the job sets it."""
     keep_checkpoints: bool = False
     """Keep the checkpoint folder in a finished run (by default it is removed once the adapter is saved)."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from job import builtin
+from job import builtin, runtime
 from job.config import Config
 from job.errors import ResourceError
 
@@ -130,7 +130,7 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
     quant = quantization_config(cfg, hw)
     if quant is not None:
         kwargs["quantization_config"] = quant
-    if hw.device == "cuda":
+    if hw.device == "cuda" and not (cfg.train.fsdp and runtime.distributed()):  # FSDP places the shards itself
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path, cfg) else AutoModelForCausalLM

@@ -252,6 +252,26 @@ def _steps(cfg: Config, n_train: int) -> tuple[int, int, int]:
     return total, eval_every, save_every
 
 
+def fsdp_arguments(cfg: Config) -> dict:
+    """FSDP settings for the Trainer (PEFT's recipe for QLoRA + FSDP): full sharding wrapped per transformer block,
+    original parameters off (LoRA mixes frozen and trainable weights), weights loaded once on rank 0 and broadcast."""
+    if not cfg.train.fsdp:
+        return {}
+    if not runtime.distributed():
+        log.warning("train.fsdp=true without torchrun: a single process has nothing to shard; training without FSDP")
+        return {}
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {
+            "backward_prefetch": "backward_pre",
+            "forward_prefetch": False,
+            "use_orig_params": False,
+            "cpu_ram_efficient_loading": True,
+            "sync_module_states": True,
+        },
+    }
+
+
 def optimizer_name(cfg: Config, hw: Hardware) -> str:
     if cfg.train.optimizer != "auto":
         return cfg.train.optimizer
@@ -312,6 +332,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         remove_unused_columns=False,
         gradient_checkpointing=False,  # already enabled on the model before LoRA was attached
         ddp_find_unused_parameters=False,  # only LoRA weights train, all of them every step
+        **fsdp_arguments(cfg),
         report_to="none",
         logging_nan_inf_filter=False,  # the filter logs a NaN loss as 0 and the run would finish with NaN weights
         seed=cfg.train.seed,

@@ -95,3 +95,24 @@ def test_killed_and_restarted_it_resumes(tmp_path):
     assert metrics["train"]["steps"] == 40 and metrics["run"]["resumed_from"]
     assert rundir.verify(tmp_path / "ddp") == []
     assert Path(metrics["run"]["resumed_from"]).name.startswith("checkpoint-")
+
+
+def test_fsdp_shards_the_4bit_model_and_saves_a_whole_adapter(tmp_path):
+    from safetensors.torch import load_file
+
+    proc = subprocess.run(
+        torchrun(f"output.uri={tmp_path}", "output.run_name=fsdp", "train.fsdp=true", "eval.base=false"),
+        capture_output=True,
+        text=True,
+        env=job_env(),
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "fsdp"
+    assert rundir.verify(run) == []
+    weights = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    # every LoRA matrix whole (rank 8 of the test preset), not a rank's flat shard, and trained
+    assert len(weights) == 2 * 7 * 2
+    assert all(v.shape[0] == 8 for k, v in weights.items() if "lora_A" in k)
+    assert sum(float(v.abs().sum()) for k, v in weights.items() if "lora_B" in k) > 0
