@@ -57,14 +57,15 @@ LABEL org.opencontainers.image.title="dialogsum-qlora" \
 COPY --from=build /opt/venv /opt/venv
 COPY container/entrypoint.py /opt/dialogsum/entrypoint.py
 
-# HF_HOME is where models and data sets are cached: mount a volume there to download each model once. It and
-# /runs are writable by any user so `docker run --user "$(id -u):$(id -g)"` works with or without mounts.
+# HF_HOME is where models and data sets are cached: mount a volume there to download each model once. It, /runs
+# and the working folder are writable by any user, so `docker run --user "$(id -u):$(id -g)"` works with or
+# without mounts.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/cache/huggingface \
     MPLCONFIGDIR=/tmp/matplotlib
-RUN mkdir -p /cache/huggingface /runs && chmod 1777 /cache/huggingface /runs
 WORKDIR /workspace
+RUN mkdir -p /cache/huggingface /runs && chmod 1777 /cache/huggingface /runs /workspace
 
 # Runs as root: SageMaker mounts /opt/ml for root and non-root users have been denied writing there. Local runs
 # pass --user. Exec form: the engine's SIGTERM reaches Python directly (see container/entrypoint.py).

@@ -303,6 +303,19 @@ def test_smoke_run_through_launch_docker_lands_on_the_host(engine, built, tmp_pa
 
 
 @pytest.mark.container
+def test_runs_as_an_ordinary_user(engine, built, tmp_path):
+    """`--user` for local runs (docs/container.md): the job must need no root-only folder."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    runs.chmod(0o777)
+    cmd = [engine, "run", "--rm", "--user", "1234:1234", "-v", f"{runs}:/runs", built]
+    done = run(cmd + ["train", "--config", "test", "output.uri=/runs", "output.run_name=user"], timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert_complete_run(runs / "user")
+    assert (runs / "user" / "manifest.json").stat().st_uid == 1234
+
+
+@pytest.mark.container
 def test_runs_as_sagemaker_does(engine, built, tmp_path):
     opt_ml = opt_ml_tree(tmp_path / "opt_ml", {"config": "test", "data.dataset": "channel:train"})
     cmd = [engine, "run", "--rm", "-e", "TRAINING_JOB_NAME=dsq-sm-test", "-v", f"{opt_ml}:/opt/ml", built, "train"]
