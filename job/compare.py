@@ -3,7 +3,8 @@
 A RUN is a local run folder, `s3://bucket/prefix/<run>` or `hf://owner/repo[@revision]`; only its metrics.json is
 read. Every scored variant of every run becomes a row: the fine-tuned model under its method, the base model as
 `zero-shot` and each in-context baseline (`one-shot`, `few-shot`). A base or baseline result that several runs share
-(same model, data set, scorer, generation settings and scores) is one row naming all of them.
+(same model and precision, data set, scorer, generation settings and scores) is one row naming all of them. The
+run's config.yaml, when there, says whether the base was loaded in 4-bit.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ UNTRAINED = {"base": "zero-shot", "one_shot": "one-shot", "few_shot": "few-shot"
 
 MANIFEST = rundir.MANIFEST
 METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+"""Read when present, for one fact metrics.json lacks: whether the base model was loaded in 4-bit."""
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.png")
 
 CSV_COLUMNS = (
     ["method", "variant", "runs", "model", "dataset", "trainable_params", "total_params", "trainable_percent"]
     + [f"{m}{suffix}" for m in METRICS for suffix in ("", "_low", "_high")]
-    + ["train_seconds", "job_seconds", "device", "price_per_hour", "cost_usd", "sources"]
+    + ["train_seconds", "job_seconds", "device", "base_4bit", "price_per_hour", "cost_usd", "sources"]
 )
 
 
@@ -50,6 +53,8 @@ class Run:
     source: str
     """The RUN argument as given."""
     metrics: dict[str, Any]
+    quantized: bool | None = None
+    """Whether the base model was loaded in 4-bit (from the run's config.yaml); None when unknown."""
 
     @property
     def info(self) -> dict[str, Any]:
@@ -61,19 +66,37 @@ class Run:
 
 
 def read_run(source: str) -> Run:
-    """The run's metrics.json from wherever it lies; one clear error when it is not a finished run."""
+    """The run's metrics.json (and config.yaml, when there) from wherever it lies; one clear error when it is not a
+    finished run."""
     if source.startswith("s3://"):
-        data = _read_s3(source)
+        data, config = _read_s3(source)
     elif source.startswith("hf://"):
-        data = _read_hub(source)
+        data, config = _read_hub(source)
     elif "://" in source and not source.startswith("file://"):
         raise ConfigInputError(f"{source}: a RUN is a local run folder, s3://bucket/prefix/<run> or hf://owner/repo")
     else:
-        data = _read_local(Path(source.removeprefix("file://")).expanduser())
-    return Run(source, _parse_metrics(data, source))
+        data, config = _read_local(Path(source.removeprefix("file://")).expanduser())
+    return Run(source, _parse_metrics(data, source), _quantized(config, source))
 
 
-def _read_local(folder: Path) -> bytes:
+def _quantized(config: bytes | None, source: str) -> bool | None:
+    """Whether the run's config loads the base in 4-bit; None without a config.yaml this version can read."""
+    if config is None:
+        return None
+    import yaml
+
+    from job import config as config_mod
+
+    try:
+        return config_mod.build(yaml.safe_load(config) or {}).quantized
+    except (yaml.YAMLError, config_mod.ConfigError, TypeError, AttributeError) as e:
+        log.warning(
+            "%s: cannot read %s (%s); its base precision is not shown", source, CONFIG_FILE, e.__class__.__name__
+        )
+        return None
+
+
+def _read_local(folder: Path) -> tuple[bytes, bytes | None]:
     if not folder.is_dir():
         raise ConfigInputError(f"{folder} is not a folder; pass a finished run folder (it holds {MANIFEST})")
     if not rundir.is_complete(folder):
@@ -88,10 +111,11 @@ def _read_local(folder: Path) -> bytes:
     path = folder / METRICS_FILE
     if not path.is_file():
         raise ConfigInputError(f"{folder} has no {METRICS_FILE}; is it a run folder written by `python -m job train`?")
-    return path.read_bytes()
+    config = folder / CONFIG_FILE
+    return path.read_bytes(), config.read_bytes() if config.is_file() else None
 
 
-def _read_s3(uri: str) -> bytes:
+def _read_s3(uri: str) -> tuple[bytes, bytes | None]:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from job.publish import s3_client, split_s3
@@ -119,6 +143,12 @@ def _read_s3(uri: str) -> bytes:
                     f"`python -m job publish <local run folder> --to s3://{bucket}/{prefix.rpartition('/')[0]}`"
                 ) from None
             raise
+        try:
+            config = client.get_object(Bucket=bucket, Key=f"{prefix}/{CONFIG_FILE}")["Body"].read()
+        except ClientError as e:
+            if _s3_code(e) not in ("NoSuchKey", "404", "NotFound"):
+                raise
+            config = None
     except NoCredentialsError:
         raise AuthError(
             f"no AWS credentials to read {uri}: use an IAM role or set AWS_PROFILE or AWS_ACCESS_KEY_ID"
@@ -134,14 +164,14 @@ def _read_s3(uri: str) -> bytes:
         raise OutputError(
             f"cannot reach S3 for {uri} ({e.__class__.__name__}); check the network or AWS_ENDPOINT_URL"
         ) from None
-    return data
+    return data, config
 
 
 def _s3_code(error: Exception) -> str:
     return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def _read_hub(uri: str) -> bytes:
+def _read_hub(uri: str) -> tuple[bytes, bytes | None]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -184,7 +214,11 @@ def _read_hub(uri: str) -> bytes:
         if status == 401:
             raise AuthError(f"the Hugging Face token cannot read hf://{repo_id}; set a valid HF_TOKEN") from None
         raise OutputError(f"cannot read hf://{repo_id} ({status or e.__class__.__name__})") from None
-    return Path(path).read_bytes()
+    try:
+        config: bytes | None = Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision or None)).read_bytes()
+    except EntryNotFoundError:
+        config = None
+    return Path(path).read_bytes(), config
 
 
 def _parse_metrics(data: bytes, source: str) -> dict[str, Any]:
@@ -275,6 +309,8 @@ class Row:
     model: str
     dataset: str
     scores: dict[str, Any]
+    quantized: bool | None
+    """The base model in 4-bit (True), 16/32-bit (False) or not known (None)."""
     runs: list[Run] = field(default_factory=list)
     trainable_params: int | None = None
     total_params: int | None = None
@@ -302,7 +338,7 @@ class Row:
 
 def _untrained_key(run: Run, variant: str, block: dict[str, Any]) -> str:
     """What makes two runs' base or baseline results one and the same: everything that moves the score, and the
-    score itself (a 4-bit and a 16-bit base of the same model score differently and stay apart)."""
+    score itself. A 4-bit and a 16-bit base of the same model are different bases and stay apart."""
     generation = {
         k: v
         for k, v in (run.metrics.get("generation") or {}).items()
@@ -312,6 +348,7 @@ def _untrained_key(run: Run, variant: str, block: dict[str, Any]) -> str:
         [
             variant,
             run.info.get("model"),
+            run.quantized,
             run.info.get("dataset"),
             run.metrics.get("scorer"),
             generation,
@@ -329,7 +366,12 @@ def build_rows(runs: list[Run], price_per_hour: float | None) -> list[Row]:
     for run in runs:
         info, train = run.info, run.metrics.get("train") or {}
         for variant, block in _scored_blocks(run.metrics):
-            common = {"model": str(info.get("model", "")), "dataset": str(info.get("dataset", "")), "scores": block}
+            common = {
+                "model": str(info.get("model", "")),
+                "dataset": str(info.get("dataset", "")),
+                "scores": block,
+                "quantized": run.quantized,
+            }
             if variant == "finetuned":
                 device = info.get("device")
                 rows.append(
@@ -351,8 +393,8 @@ def build_rows(runs: list[Run], price_per_hour: float | None) -> list[Row]:
             if key in shared:
                 shared[key].runs.append(run)
                 continue
-            row = Row(method=UNTRAINED.get(variant, variant.replace("_", "-")), variant=variant, runs=[run], **common)
-            row.trainable_params = 0
+            label = UNTRAINED.get(variant, variant.replace("_", "-"))
+            row = Row(method=label, variant=variant, runs=[run], trainable_params=0, **common)
             shared[key] = row
             rows.append(row)
     return rows
@@ -381,6 +423,10 @@ def rouge_cell(row: Row, metric: str) -> str:
     interval = row.interval(metric)
     value = _pct(row.scores[metric])
     return f"{value} ({_pct(interval[0])}-{_pct(interval[1])})" if interval else value
+
+
+def model_cell(row: Row) -> str:
+    return f"`{row.model}`" + (" (4-bit)" if row.quantized else "")
 
 
 def params_cell(row: Row) -> str:
@@ -421,7 +467,7 @@ TABLE_HEADER += ["train time", "cost"]
 def markdown_table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     for row in rows:
-        cells = [row.method, ", ".join(run.name for run in row.runs), f"`{row.model}`", params_cell(row)]
+        cells = [row.method, ", ".join(run.name for run in row.runs), model_cell(row), params_cell(row)]
         cells += [rouge_cell(row, m) for m in METRICS]
         cells += [duration(row.train_seconds), money(row.cost)] if row.trained else [NOT_APPLICABLE] * 2
         lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
@@ -461,6 +507,8 @@ def footnotes(rows: list[Row], runs: list[Run], metric: str) -> str:
             "parameters); a row shared by several runs is one result they all measured. Their time and cost are "
             "part of their run's."
         )
+    if any(row.quantized for row in rows):
+        notes.append("(4-bit): the base model was loaded in 4-bit NF4, for training and for its own scores alike.")
     notes.append(_cost_note([row for row in rows if row.trained]))
     notes.append("Runs: " + "; ".join(f"{run.name} = {run.source}" for run in runs) + ".")
     return "\n".join(f"- {note}" for note in notes)
@@ -512,6 +560,7 @@ def csv_text(rows: list[Row]) -> str:
             "train_seconds": row.train_seconds,
             "job_seconds": row.job_seconds if row.trained else None,
             "device": row.device,
+            "base_4bit": None if row.quantized is None else str(row.quantized).lower(),
             "price_per_hour": row.price.per_hour if row.price and row.trained else None,
             "cost_usd": round(row.cost, 6) if row.cost is not None and row.trained else None,
             "sources": ";".join(run.source for run in row.runs),

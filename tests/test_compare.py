@@ -106,19 +106,23 @@ def test_compare_local_runs_writes_table_csv_and_chart(runs, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     rows = table_rows(proc.stdout)
-    # Ordered by ROUGE-L, best first (the tiny random model of the `test` preset scores near zero, so last); the
-    # two runs share one zero-shot row (same base, scorer and scores).
+    # Ordered by ROUGE-L, best first (the tiny random model of the `test` preset scores near zero, so last). The
+    # qlora run's base was 4-bit, the lora run's 16-bit: two zero-shot rows even though their scores agree.
     assert [r["method"] for r in rows][:3] == ["lora", "few-shot", "one-shot"]
-    assert sorted(r["method"] for r in rows[3:]) == ["qlora", "zero-shot"]
-    by_method = {r["method"]: r for r in rows}
-    lora, qlora, zero = by_method["lora"], by_method["qlora"], by_method["zero-shot"]
+    assert sorted(r["method"] for r in rows[3:]) == ["qlora", "zero-shot", "zero-shot"]
+    by_method = {r["method"]: r for r in rows if r["method"] != "zero-shot"}
+    zero = {r["run"]: r for r in rows if r["method"] == "zero-shot"}
+    lora, qlora = by_method["lora"], by_method["qlora"]
     assert lora["run"] == LORA and lora["model"] == "`builtin:tiny-llama`"
+    assert qlora["model"] == zero["shared"]["model"] == "`builtin:tiny-llama` (4-bit)"
+    assert zero[LORA]["model"] == "`builtin:tiny-llama`"
     assert lora["trainable params"] == "1,000 (0.14%)"
     for metric, header in compare.METRIC_NAMES.items():
         assert lora[header] == cell(LORA_SCORES, metric)
         assert by_method["one-shot"][header] == cell(ONE_SHOT, metric)
+        assert by_method["few-shot"][header] == cell(FEW_SHOT, metric)
         assert qlora[header] == cell(runs.qlora_metrics["finetuned"], metric)
-        assert zero[header] == cell(runs.qlora_metrics["base"], metric)
+        assert zero["shared"][header] == zero[LORA][header] == cell(runs.qlora_metrics["base"], metric)
     assert lora["train time"] == "30.0 min"
     assert lora["cost"] == "$1.41"  # one hour on an A10G at ml.g5.xlarge's $1.408/h from launch/prices.json
     train = runs.qlora_metrics["train"]
@@ -126,11 +130,12 @@ def test_compare_local_runs_writes_table_csv_and_chart(runs, tmp_path: Path) -> 
     assert qlora["trainable params"] == f"{train['trainable_params']:,} ({share:.2f}%)"
     assert qlora["train time"] == compare.duration(train["seconds"])
     assert qlora["cost"] == ""  # trained on the CPU: no price, said in a footnote
-    assert zero["run"] == f"shared, {LORA}" and zero["trainable params"] == "0"
-    assert (zero["train time"], zero["cost"], by_method["few-shot"]["run"]) == ("—", "—", LORA)
+    assert zero["shared"]["trainable params"] == "0"
+    assert (zero["shared"]["train time"], zero["shared"]["cost"], by_method["few-shot"]["run"]) == ("—", "—", LORA)
     assert "SageMaker on-demand training price of ml.g5.xlarge" in proc.stdout
     assert "No cost for shared (device `cpu`)" in proc.stdout and "--price-per-hour" in proc.stdout
     assert "6 dialogues of `builtin:synthetic` with 18 references; rouge_score 0.1.2, stemming on" in proc.stdout
+    assert "(4-bit): the base model was loaded in 4-bit NF4" in proc.stdout
 
     document = (out / "comparison.md").read_text()
     assert proc.stdout.strip() in document and "![ROUGE-1, ROUGE-2 and ROUGE-L by variant](comparison.png)" in document
@@ -138,21 +143,21 @@ def test_compare_local_runs_writes_table_csv_and_chart(runs, tmp_path: Path) -> 
     with open(out / "comparison.csv", newline="") as f:
         records = list(csv.DictReader(f))
     assert list(records[0]) == compare.CSV_COLUMNS
-    assert [r["method"] for r in records] == [r["method"] for r in rows]
-    csv_rows = {r["method"]: r for r in records}
-    csv_lora = csv_rows["lora"]
-    assert (csv_lora["variant"], csv_lora["runs"], csv_lora["device"]) == ("finetuned", LORA, "NVIDIA A10G")
+    assert [(r["method"], r["runs"]) for r in records] == [(r["method"], r["run"]) for r in rows]
+    csv_rows = {(r["method"], r["runs"]): r for r in records}
+    csv_lora = csv_rows["lora", LORA]
+    assert (csv_lora["variant"], csv_lora["device"], csv_lora["base_4bit"]) == ("finetuned", "NVIDIA A10G", "false")
     assert float(csv_lora["rougeL"]) == 0.40 and float(csv_lora["rougeL_low"]) == 0.38
     assert float(csv_lora["rougeL_high"]) == 0.42
     assert int(csv_lora["trainable_params"]) == 1000 and int(csv_lora["total_params"]) == 726_400
     assert float(csv_lora["price_per_hour"]) == 1.408 and float(csv_lora["cost_usd"]) == pytest.approx(1.408)
     assert float(csv_lora["train_seconds"]) == 1800.0 and float(csv_lora["job_seconds"]) == 3600.0
-    csv_zero = csv_rows["zero-shot"]
-    assert (csv_zero["variant"], csv_zero["runs"]) == ("base", f"shared;{LORA}")
-    assert csv_zero["sources"] == f"{runs.qlora};{runs.lora}"
+    csv_zero = csv_rows["zero-shot", "shared"]
+    assert (csv_zero["variant"], csv_zero["base_4bit"], csv_zero["sources"]) == ("base", "true", str(runs.qlora))
     assert csv_zero["cost_usd"] == "" and csv_zero["train_seconds"] == ""
     assert float(csv_zero["rouge1"]) == runs.qlora_metrics["base"]["rouge1"]
-    assert csv_rows["qlora"]["cost_usd"] == "" and csv_rows["qlora"]["device"] == "cpu"
+    assert csv_rows["zero-shot", LORA]["base_4bit"] == "false"
+    assert csv_rows["qlora", "shared"]["cost_usd"] == "" and csv_rows["qlora", "shared"]["device"] == "cpu"
 
     width, height = png_size(out / "comparison.png")
     assert width >= 700 and height >= 500
@@ -169,7 +174,7 @@ def test_metric_orders_rows_and_price_per_hour_prices_every_run(runs, tmp_path: 
     printed = capsys.readouterr().out
     rows = table_rows(printed)
     assert [r["method"] for r in rows][:3] == ["one-shot", "lora", "few-shot"]
-    assert sorted(r["method"] for r in rows[3:]) == ["qlora", "zero-shot"]
+    assert sorted(r["method"] for r in rows[3:]) == ["qlora", "zero-shot", "zero-shot"]
     seconds = runs.qlora_metrics["run"]["seconds"]
     by_method = {r["method"]: r for r in rows}
     assert by_method["qlora"]["cost"] == compare.money(2 * seconds / 3600)
@@ -182,21 +187,31 @@ def test_metric_orders_rows_and_price_per_hour_prices_every_run(runs, tmp_path: 
     assert float(costs["lora"]) == 2.0 and float(costs["qlora"]) == pytest.approx(2 * seconds / 3600, abs=1e-6)
 
 
-def test_untrained_results_that_differ_keep_a_row_per_run(runs, tmp_path: Path, capsys) -> None:
-    """A base scored differently (a 16-bit base beside a 4-bit one) is not merged with another run's."""
-    other = tmp_path / "other"
-    shutil.copytree(runs.lora, other)
-    metrics = json.loads((other / "metrics.json").read_text())
-    metrics["run"].update(name="other", started_at="2026-11-23T10:00:00+00:00")
+def _copy_run(source: Path, folder: Path, **run: str) -> dict:
+    shutil.copytree(source, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["run"].update(name=folder.name, **run)
+    rundir.write_json(folder / "metrics.json", metrics)
+    return metrics
+
+
+def test_shared_untrained_results_merge_and_differing_ones_stay_apart(runs, tmp_path: Path, capsys) -> None:
+    """A second lora run of the same base (`twin`) shares the zero-shot and in-context rows; a run whose base scored
+    differently (`other`) keeps its own zero-shot row and shares the baselines whose scores agree."""
+    _copy_run(runs.lora, tmp_path / "twin", started_at="2026-11-23T10:00:00+00:00")
+    metrics = _copy_run(runs.lora, tmp_path / "other", started_at="2026-11-23T11:00:00+00:00")
     metrics["base"] = _scores(0.27, 0.08, 0.21, 0.22)
-    rundir.write_json(other / "metrics.json", metrics)
-    assert compare.main([str(runs.lora), str(other), "--out", str(tmp_path / "out")]) == 0
+    rundir.write_json(tmp_path / "other" / "metrics.json", metrics)
+    sources = [str(runs.lora), str(tmp_path / "twin"), str(tmp_path / "other")]
+    assert compare.main([*sources, "--out", str(tmp_path / "out")]) == 0
     rows = table_rows(capsys.readouterr().out)
-    zero_shot = [r["run"] for r in rows if r["method"] == "zero-shot"]
-    assert sorted(zero_shot) == [LORA, "other"]
-    assert [r["run"] for r in rows if r["method"] == "one-shot"] == [f"{LORA}, other"]
-    labels = compare.chart_labels(compare.build_rows(compare.read_runs([str(runs.lora), str(other)]), None))
-    assert len(set(labels)) == len(labels) and f"zero-shot\n{LORA}" in labels
+    assert [r["run"] for r in rows if r["method"] == "lora"] == [LORA, "twin", "other"]
+    assert [r["run"] for r in rows if r["method"] == "zero-shot"] == ["other", f"{LORA}, twin"]
+    assert [r["run"] for r in rows if r["method"] == "one-shot"] == [f"{LORA}, twin, other"]
+    assert [r["run"] for r in rows if r["method"] == "few-shot"] == [f"{LORA}, twin, other"]
+    labels = compare.chart_labels(compare.build_rows(compare.read_runs(sources), None))
+    assert len(set(labels)) == len(labels)
+    assert {f"zero-shot\n{LORA}, twin", "zero-shot\nother", "lora\ntwin", "one-shot"} <= set(labels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +330,8 @@ def test_compare_reads_a_run_from_s3(runs, s3_env, tmp_path: Path) -> None:
     rows = table_rows(proc.stdout)
     assert [r["method"] for r in rows][:3] == ["lora", "few-shot", "one-shot"]
     assert rows[0]["ROUGE-L"] == cell(LORA_SCORES, "rougeL") and rows[0]["cost"] == "$1.41"
-    assert [r["run"] for r in rows if r["method"] == "zero-shot"] == [f"{LORA}, shared"]
+    zero = {r["run"]: r["model"] for r in rows if r["method"] == "zero-shot"}
+    assert zero == {LORA: "`builtin:tiny-llama`", "shared": "`builtin:tiny-llama` (4-bit)"}  # config.yaml from S3
     assert f"{LORA} = {uri}" in proc.stdout
     with open(tmp_path / "comparison.csv", newline="") as f:
         assert next(csv.DictReader(f))["sources"] == uri
@@ -339,22 +355,27 @@ def test_compare_reads_a_run_from_s3(runs, s3_env, tmp_path: Path) -> None:
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, runs, tmp_path: Path) -> SimpleNamespace:
-    """`huggingface_hub.hf_hub_download` replaced (monkeypatched) by a fake serving the lora run's metrics.json from
-    a folder, as the real one serves it from its cache; `fail` makes it raise instead."""
+    """`huggingface_hub.hf_hub_download` replaced (monkeypatched) by a fake serving the lora run's metrics.json and
+    config.yaml from a folder, as the real one serves them from its cache, and raising EntryNotFoundError for a file
+    the repo lacks, as the real one does; `fail` makes it raise that error instead."""
     import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
 
     monkeypatch.setenv("HF_TOKEN", "hf_compareTestToken0123456789")
     monkeypatch.delenv("HF_TOKEN_FILE", raising=False)
     monkeypatch.delenv("HF_TOKEN_SECRET_ID", raising=False)
     cache = tmp_path / "hub-cache"
     cache.mkdir()
-    shutil.copy(runs.lora / "metrics.json", cache / "metrics.json")
-    state = SimpleNamespace(calls=[], fail=None)
+    for name in ("metrics.json", "config.yaml"):
+        shutil.copy(runs.lora / name, cache / name)
+    state = SimpleNamespace(calls=[], fail=None, cache=cache)
 
     def fake_download(repo_id: str, filename: str, *, revision: str | None = None, **kwargs) -> str:
         state.calls.append((repo_id, filename, revision))
         if state.fail is not None:
             raise state.fail
+        if not (cache / filename).is_file():
+            raise EntryNotFoundError(f"404 {filename} not in {repo_id}")
         return str(cache / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
@@ -363,15 +384,18 @@ def hub(monkeypatch: pytest.MonkeyPatch, runs, tmp_path: Path) -> SimpleNamespac
 
 def test_compare_reads_a_run_from_the_hub(hub, runs, tmp_path: Path, capsys) -> None:
     assert compare.main(["hf://acme/dialogsum-lora@v1", str(runs.qlora), "--out", str(tmp_path)]) == 0
-    assert hub.calls == [("acme/dialogsum-lora", "metrics.json", "v1")]
+    assert hub.calls == [("acme/dialogsum-lora", name, "v1") for name in ("metrics.json", "config.yaml")]
     printed = capsys.readouterr().out
     rows = table_rows(printed)
     assert rows[0]["method"] == "lora" and rows[0]["ROUGE-1"] == cell(LORA_SCORES, "rouge1")
+    assert rows[0]["model"] == "`builtin:tiny-llama`"  # config.yaml from the repo: a 16-bit base
     assert f"{LORA} = hf://acme/dialogsum-lora@v1" in printed
     assert png_size(tmp_path / "comparison.png")[0] >= 700
 
-    compare.read_run("hf://acme/dialogsum-lora")
-    assert hub.calls[-1] == ("acme/dialogsum-lora", "metrics.json", None)
+    (hub.cache / "config.yaml").unlink()  # a repo without config.yaml still compares; its base precision is unknown
+    run = compare.read_run("hf://acme/dialogsum-lora")
+    assert hub.calls[-2:] == [("acme/dialogsum-lora", name, None) for name in ("metrics.json", "config.yaml")]
+    assert run.name == LORA and run.quantized is None
 
 
 def test_hub_refusals(hub) -> None:
