@@ -347,6 +347,17 @@ def test_compare_reads_a_run_from_s3(runs, s3_env, tmp_path: Path) -> None:
     assert half.returncode == 2 and f"s3://{BUCKET}/half has no manifest.json: its upload did not finish" in half.stderr
     no_bucket = run_job("compare", "s3://no-such-bucket-here/runs/r1", env=env)
     assert no_bucket.returncode == 2 and "bucket no-such-bucket-here does not exist" in no_bucket.stderr
+    nowhere = str(tmp_path / "no-aws-files")
+    anonymous = job_env(
+        AWS_ENDPOINT_URL=s3_env.env["AWS_ENDPOINT_URL"],
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=nowhere,
+        AWS_SHARED_CREDENTIALS_FILE=nowhere,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    no_credentials = run_job("compare", uri, env=anonymous)
+    assert no_credentials.returncode == 4
+    assert f"error (auth): no AWS credentials to read {uri}" in no_credentials.stderr
 
 
 # ----------------------------------------------------------------------------------------------
