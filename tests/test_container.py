@@ -330,6 +330,22 @@ def test_runs_as_sagemaker_does(engine, built, tmp_path):
 
 
 @pytest.mark.container
+def test_runs_the_config_that_launch_sagemaker_sends(engine, built, tmp_path):
+    """`python -m launch sagemaker --image URI` sends the resolved config as dotted-key hyperparameters, with no
+    preset name: the image must rebuild exactly that config from them."""
+    from job import config as config_mod
+    from launch.sagemaker_request import hyperparameters_for
+
+    cfg = config_mod.resolve("test", ["data.dataset=channel:train", "train.max_steps=4", "eval.base=false"], {})
+    opt_ml = opt_ml_tree(tmp_path / "opt_ml", hyperparameters_for(cfg))
+    cmd = [engine, "run", "--rm", "-e", "TRAINING_JOB_NAME=dsq-sm-hps", "-v", f"{opt_ml}:/opt/ml", built, "train"]
+    done = run(cmd, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    manifest = json.loads((opt_ml / "model" / "dsq-sm-hps" / "manifest.json").read_text())
+    assert manifest["config_hash"] == cfg.hash()
+
+
+@pytest.mark.container
 def test_bad_config_on_sagemaker_writes_the_failure_reason(engine, built, tmp_path):
     opt_ml = opt_ml_tree(tmp_path / "opt_ml", {"config": "test", "train.learning_rat": "0.1"})
     cmd = [engine, "run", "--rm", "-e", "TRAINING_JOB_NAME=dsq-sm-bad", "-v", f"{opt_ml}:/opt/ml", built, "train"]
