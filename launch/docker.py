@@ -23,7 +23,8 @@ RUNS_IN_CONTAINER = "/runs"
 HF_HOME_IN_CONTAINER = "/cache/huggingface"
 TOKEN_IN_CONTAINER = "/run/secrets/hf_token"
 INPUTS_IN_CONTAINER = "/inputs"
-JOB_COMMANDS = ("train", "predict", "publish")
+JOB_COMMANDS = ("train",)
+"""The job commands whose paths this launcher maps into the container (predict and publish: run the image by hand)."""
 PATH_KEYS = ("data.dataset", "model.name")
 """Overrides whose value may be a file or folder on this machine: mounted read-only so the job finds it."""
 
@@ -165,8 +166,7 @@ def gpu_args(engine: str) -> list[str]:
 def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> list[str]:
     """The full engine command for the parsed options."""
     volumes, config, job_args = mount_inputs(args.config, job_args)
-    if args.command == "train":
-        job_args = output_args(job_args)
+    job_args = output_args(job_args)
     runs = args.runs.expanduser().resolve()
     cache = args.hf_cache.expanduser().resolve()
     cmd = [engine, "run", "--rm"]
@@ -187,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser().parse_known_args(argv)
     job_args = split_job_args(rest)
     try:
-        if args.command == "train":
-            validate_config(args.config, job_args)
+        validate_config(args.config, job_args)
         engine = choose_engine(args.engine, must_work=args.run)
         cmd = run_command(args, job_args, engine)
     except (LaunchError, ImageError) as e:
