@@ -92,8 +92,8 @@ def listed() -> list[Fault]:
     for item in os.environ.get(ENV, "").split(","):
         if not item.strip():
             continue
-        name, _, at = item.strip().partition("@")
-        if name not in FAULTS or (at and not at.isdigit()):
+        name, at_sign, at = item.strip().partition("@")
+        if name not in FAULTS or (at_sign and not at.isdigit()):
             raise ConfigInputError(
                 f"{ENV}: cannot read {item.strip()!r}; use fault[@step] with a fault among {', '.join(FAULTS)}"
             )

@@ -1,0 +1,483 @@
+"""Every bad input the job is known to meet, through the real CLI in a subprocess: the one-line message, the exit
+code of its class, no traceback, and nothing marked complete (no manifest.json, locally or on S3).
+docs/bad-inputs.md lists the same table; a test keeps the two in step.
+
+Stand-ins: S3 is moto's server with IAM enforced, the Hub a local HTTP stand-in of its access endpoints (no local Hub
+exists; both from tests/test_preflight.py). What cannot be provoked from outside in seconds (a full disk, NaN
+weights, CUDA out-of-memory on a machine without CUDA, SIGTERM at an exact step) comes from DIALOGSUM_FAULTS
+(job/faults.py), which raises or signals at the same place the real failure would."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from job import faults, training
+from job.errors import ConfigInputError
+from job.faults import ENV as FAULTS
+from tests.conftest import REPO, job_env
+from tests.test_preflight import ALICE, BUCKET, REVOKED, S3Server, moto_with_iam, start_hub
+
+WITHOUT_PERMISSION_OVERRIDES = [
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+]
+"""Root without the capabilities that let it read any file: file permissions apply to it like to any user."""
+
+QUICK_TRAIN = [
+    "train.max_steps=4",
+    "train.logging_steps=1",
+    "train.eval_steps=2",
+    "train.save_steps=2",
+    "data.max_train_examples=32",
+    "eval.num_dialogues=1",
+    "eval.base=false",
+    "eval.max_new_tokens=4",
+    "eval.bootstrap_samples=10",
+]
+"""The shortest run that still trains, checkpoints and writes results: for the faults that strike late."""
+
+
+@dataclass
+class Context:
+    root: Path  # this case's files, and the output folder's parent
+    s3: S3Server
+    hub: str
+
+    @property
+    def out(self) -> Path:
+        return self.root / "runs"
+
+    def hub_env(self, token: str | None = None) -> dict[str, str]:
+        return {"HF_ENDPOINT": self.hub, "HF_HUB_OFFLINE": "0", **({"HF_TOKEN": token} if token else {})}
+
+
+@dataclass
+class Attempt:
+    overrides: list[str] = field(default_factory=list)
+    config: str = "test"
+    env: dict[str, str] = field(default_factory=dict)
+    bound_by_permissions: bool = False  # run without root's permission to read any file
+
+
+@dataclass(frozen=True)
+class Case:
+    exit_code: int
+    message: str  # a regular expression the error output must match
+    build: Callable[[Context], Attempt]
+    after: Callable[[Context], None] | None = None  # further checks of what was left behind
+
+
+CASES: dict[str, Case] = {}
+
+
+def case(name: str, exit_code: int, message: str, after: Callable[[Context], None] | None = None):
+    def register(build: Callable[[Context], Attempt]) -> Callable[[Context], Attempt]:
+        CASES[name] = Case(exit_code, message, build, after)
+        return build
+
+    return register
+
+
+def split_folder(root: Path, test_rows: list[dict] | None = None, **raw_files: bytes) -> Path:
+    """train/validation/test jsonl files with one good row each, or the given test rows or raw file bytes."""
+    folder = root / "data"
+    folder.mkdir()
+    good = {"id": "1", "dialogue": "#Person1#: Hello.\n#Person2#: Hi.", "summary": "They greet each other."}
+    for split in ("train", "validation", "test"):
+        rows = test_rows if (split == "test" and test_rows is not None) else [good]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for name, data in raw_files.items():
+        (folder / name.replace("_", ".")).write_bytes(data)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration (exit 2)
+
+
+@case("unknown key", 2, r"unknown key 'train\.learnig_rate'")
+def unknown_key(ctx: Context) -> Attempt:
+    return Attempt(["train.learnig_rate=1"])
+
+
+@case("wrong type", 2, r"lora\.r must be int, got 'x'")
+def wrong_type(ctx: Context) -> Attempt:
+    return Attempt(["lora.r=x"])
+
+
+@case("negative learning rate", 2, r"train\.learning_rate must be > 0, got -0\.0002")
+def negative_learning_rate(ctx: Context) -> Attempt:
+    return Attempt(["train.learning_rate=-2e-4"])
+
+
+@case("missing config file", 2, r"config '[^']*no-such\.yaml' is neither a file nor a preset \(presets: ")
+def missing_config_file(ctx: Context) -> Attempt:
+    return Attempt(config=str(ctx.root / "no-such.yaml"))
+
+
+@case("broken YAML", 2, r"broken\.yaml is not valid YAML: ")
+def broken_yaml(ctx: Context) -> Attempt:
+    path = ctx.root / "broken.yaml"
+    path.write_text("train:\n  learning_rate: [2e-4\nmodel: {name\n")
+    return Attempt(config=str(path))
+
+
+@case("unknown URI scheme", 2, r"output\.uri 'gs://bucket/runs': unknown scheme gs://; use a local folder, s3://")
+def unknown_uri_scheme(ctx: Context) -> Attempt:
+    return Attempt(["output.uri=gs://bucket/runs"])
+
+
+@case("S3 URI without a bucket", 2, r"output\.uri 's3:///runs' names no bucket; use s3://bucket/prefix")
+def s3_uri_without_bucket(ctx: Context) -> Attempt:
+    return Attempt(["output.uri=s3:///runs"])
+
+
+@case("invalid S3 bucket name", 2, r"'My_Bucket' is not a valid S3 bucket name \(3-63 characters")
+def invalid_bucket_name(ctx: Context) -> Attempt:
+    return Attempt(["output.uri=s3://My_Bucket/runs", f"output.local_dir={ctx.out}"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the results go, and the Hugging Face token (exit 5: output, 4: auth)
+
+
+@case("missing bucket", 5, r"bucket no-such-bucket does not exist; create it or fix output\.uri")
+def missing_bucket(ctx: Context) -> Attempt:
+    return Attempt(["output.uri=s3://no-such-bucket/runs", f"output.local_dir={ctx.out}"], env=ctx.s3.writer)
+
+
+@case(
+    "S3 write not allowed", 4, rf"not allowed to write to s3://{BUCKET}/runs: the job's AWS identity needs s3:PutObject"
+)
+def s3_write_not_allowed(ctx: Context) -> Attempt:
+    return Attempt([f"output.uri=s3://{BUCKET}/runs", f"output.local_dir={ctx.out}"], env=ctx.s3.reader)
+
+
+@case("no AWS credentials", 4, rf"no AWS credentials to write s3://{BUCKET}/runs: run with an IAM role")
+def no_aws_credentials(ctx: Context) -> Attempt:
+    nowhere = str(ctx.root / "no-aws-files")
+    env = {
+        "AWS_ENDPOINT_URL": ctx.s3.url,
+        "AWS_SHARED_CREDENTIALS_FILE": nowhere,
+        "AWS_CONFIG_FILE": nowhere,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    return Attempt([f"output.uri=s3://{BUCKET}/runs", f"output.local_dir={ctx.out}"], env=env)
+
+
+@case(
+    "gated model without a token", 4, r"meta-llama/Llama-3\.2-3B-Instruct is gated and no Hugging Face token was found"
+)
+def gated_model_without_token(ctx: Context) -> Attempt:
+    return Attempt(["model.name=meta-llama/Llama-3.2-3B-Instruct"], env=ctx.hub_env())
+
+
+@case(
+    "revoked token", 4, r"the Hugging Face token was refused by http://127\.0\.0\.1:\d+ \(invalid, expired or revoked\)"
+)
+def revoked_token(ctx: Context) -> Attempt:
+    return Attempt(["model.name=someone/public"], env=ctx.hub_env(REVOKED))
+
+
+@case(
+    "unknown model id", 4, r"model 'nobody/no-such-model' was not found on http://127\.0\.0\.1:\d+ \(check the spelling"
+)
+def unknown_model_id(ctx: Context) -> Attempt:
+    return Attempt(["model.name=nobody/no-such-model"], env=ctx.hub_env())
+
+
+@case("Hub repo not writable", 4, r"the Hugging Face token may not write to hf://other/locked")
+def hub_repo_not_writable(ctx: Context) -> Attempt:
+    return Attempt(["output.uri=hf://other/locked", f"output.local_dir={ctx.out}"], env=ctx.hub_env(ALICE))
+
+
+def _manifest_unchanged(ctx):
+    assert (ctx.out / "bad" / "manifest.json").read_text() == '{"files": []}'
+
+
+@case(
+    "run name already complete",
+    5,
+    r"run folder .*/runs/bad is complete \(it holds manifest\.json\)",
+    _manifest_unchanged,
+)
+def run_name_already_complete(ctx: Context) -> Attempt:
+    (ctx.out / "bad").mkdir(parents=True)
+    (ctx.out / "bad" / "manifest.json").write_text('{"files": []}')
+    return Attempt()
+
+
+@case("output folder not writable", 5, r"cannot write the run folder .*/a-file/runs/bad: Not a directory")
+def output_folder_not_writable(ctx: Context) -> Attempt:
+    (ctx.root / "a-file").write_text("in the way")
+    return Attempt([f"output.uri={ctx.root / 'a-file' / 'runs'}"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Data (exit 3)
+
+
+@case("missing data file", 3, r"data\.dataset=.*/no-such\.jsonl: no such file or folder")
+def missing_data_file(ctx: Context) -> Attempt:
+    return Attempt([f"data.dataset={ctx.root / 'no-such.jsonl'}"])
+
+
+@case("unsupported file type", 3, r"dialogues\.txt: unsupported file type '\.txt'; use one of \.jsonl, \.json, \.csv")
+def unsupported_file_type(ctx: Context) -> Attempt:
+    (ctx.root / "dialogues.txt").write_text("#Person1#: Hi.\n")
+    return Attempt([f"data.dataset={ctx.root / 'dialogues.txt'}"])
+
+
+@case("missing column", 3, r"split 'train' has no column 'text' \(columns: id, dialogue, summary")
+def missing_column(ctx: Context) -> Attempt:
+    return Attempt(["data.dialogue_column=text"])
+
+
+@case("empty split", 3, r"data/test\.jsonl is empty; put the split's rows in it")
+def empty_split(ctx: Context) -> Attempt:
+    return Attempt([f"data.dataset={split_folder(ctx.root, test_rows=[])}"])
+
+
+@case("CSV with a header and no rows", 3, r"data\.csv holds a header but no rows")
+def csv_header_only(ctx: Context) -> Attempt:
+    (ctx.root / "data.csv").write_text("id,dialogue,summary\n")
+    return Attempt([f"data.dataset={ctx.root / 'data.csv'}"])
+
+
+EMPTY_ROWS = [
+    {"id": "1", "dialogue": "#Person1#: Hi.", "summary": ""},
+    {"id": "2", "dialogue": "   ", "summary": "Nothing was said."},
+    {"id": "3", "dialogue": "", "summary": ""},
+]
+
+
+@case(
+    "empty rows (error)",
+    3,
+    r"split 'test' has 3 rows with an empty dialogue or summary; fix the data or set data\.empty_rows=drop",
+)
+def empty_rows_error(ctx: Context) -> Attempt:
+    return Attempt([f"data.dataset={split_folder(ctx.root, test_rows=EMPTY_ROWS)}", "data.empty_rows=error"])
+
+
+@case(
+    "empty rows (drop) leave an empty split",
+    3,
+    r"(?s)split 'test': dropped 3 rows with an empty dialogue.*split 'test' of data\.dataset=.* is empty",
+)
+def empty_rows_dropped(ctx: Context) -> Attempt:
+    return Attempt([f"data.dataset={split_folder(ctx.root, test_rows=EMPTY_ROWS)}"])
+
+
+@case("non-UTF-8 text", 3, r"dialogues\.csv is not UTF-8 text \(byte 0xe9 at offset 25\); re-save it as UTF-8")
+def non_utf8_text(ctx: Context) -> Attempt:
+    text = "id,dialogue,summary\n1,Caf\xe9 au lait?,They order coffee.\n"
+    (ctx.root / "dialogues.csv").write_bytes(text.encode("cp1252"))
+    return Attempt([f"data.dataset={ctx.root / 'dialogues.csv'}"])
+
+
+@case("unreadable file", 3, r"cannot read .*/data/train\.jsonl: Permission denied; make it readable by the user")
+def unreadable_file(ctx: Context) -> Attempt:
+    folder = split_folder(ctx.root)
+    (folder / "train.jsonl").chmod(0)
+    return Attempt([f"data.dataset={folder}"], bound_by_permissions=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resources (exit 6), training (exit 7), interruption (exit 1)
+
+
+@case("GPU required, none visible", 6, r"no CUDA GPU is visible and train\.require_gpu is true")
+def gpu_required(ctx: Context) -> Attempt:
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU")
+    return Attempt(["train.require_gpu=true"])
+
+
+@case(
+    "not enough disk space",
+    6,
+    r"not enough disk space on /\S* \([0-9.]+ GB free\): .*the run folder with the merged model in .*/runs/bad ~\d",
+)
+def not_enough_disk(ctx: Context) -> Attempt:
+    model = ctx.root / "huge-model"
+    model.mkdir()
+    shape = {"hidden_size": 16384, "num_hidden_layers": 100000, "intermediate_size": 53248}
+    shape |= {"num_attention_heads": 128, "num_key_value_heads": 8, "vocab_size": 128256}
+    (model / "config.json").write_text(json.dumps(shape))
+    return Attempt([f"model.name={model}", "output.merge=true"])
+
+
+@case(
+    "disk full",
+    6,
+    r"the disk is full while writing .*/runs/bad/predictions\.jsonl \([0-9.]+ GB free there now\); free space there",
+)
+def disk_full(ctx: Context) -> Attempt:
+    return Attempt(QUICK_TRAIN, env={FAULTS: "disk_full"})
+
+
+def _newest_checkpoint_kept(ctx):
+    assert [p.name for p in training.complete_checkpoints(ctx.out / "bad" / "checkpoints")][:1] == ["checkpoint-2"]
+
+
+@case(
+    "out of memory while training",
+    6,
+    r"ran out of memory while training; lower train\.batch_size \(now 8, raise train\.gradient_accumulation_steps.*The newest checkpoint in .*/checkpoints is kept",
+    _newest_checkpoint_kept,
+)
+def out_of_memory_training(ctx: Context) -> Attempt:
+    return Attempt(QUICK_TRAIN, env={FAULTS: "oom@3"})
+
+
+@case(
+    "out of memory loading the model",
+    6,
+    r"the GPU ran out of memory outside training \(loading the model or generating summaries\); lower eval\.batch_size",
+)
+def out_of_memory_loading(ctx: Context) -> Attempt:
+    return Attempt(QUICK_TRAIN, env={FAULTS: "oom_load"})
+
+
+@case(
+    "NaN loss",
+    7,
+    r"the training loss became nan at step 3; lower train\.learning_rate \(now 0\.003\) or use fp32 compute",
+)
+def nan_loss(ctx: Context) -> Attempt:
+    return Attempt(QUICK_TRAIN, env={FAULTS: "nan_loss@2"})
+
+
+def _sigterm_checkpoint(ctx):
+    assert training.complete_checkpoints(ctx.out / "bad" / "checkpoints")[0].name == "checkpoint-1"
+
+
+@case(
+    "SIGTERM",
+    1,
+    r"stopped by SIGTERM at step 1; checkpoint saved in .*/checkpoints; run the same command again \(same output\.run_name=bad\) to resume",
+    _sigterm_checkpoint,
+)
+def sigterm(ctx: Context) -> Attempt:
+    return Attempt(QUICK_TRAIN, env={FAULTS: "sigterm@1"})
+
+
+# ----------------------------------------------------------------------------------------------
+# The injection itself
+
+
+def test_faults_fire_only_at_their_point_and_step(monkeypatch, tmp_path):
+    monkeypatch.setenv(FAULTS, "sigterm@3, disk_full")
+    assert faults.armed("sigterm", 3) and not faults.armed("sigterm", 2) and faults.armed("disk_full")
+    assert not faults.armed("oom")
+    faults.inject("train_step", step=2, model=None, control=None)  # sigterm is for step 3
+    faults.inject("load_model", cfg=None)  # nothing listed fires there
+    with pytest.raises(OSError) as e:
+        faults.inject("write_results", run_dir=tmp_path)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "predictions.jsonl")
+
+
+def test_slow_step_sleeps_every_step(monkeypatch):
+    monkeypatch.setenv(FAULTS, "slow_step")
+    monkeypatch.setenv(faults.SLOW_STEP_ENV, "0.2")
+    started = time.perf_counter()
+    faults.inject("train_step", step=1, model=None, control=None)
+    faults.inject("train_step", step=2, model=None, control=None)
+    assert time.perf_counter() - started >= 0.4
+
+
+@pytest.mark.parametrize("spec", ["nan@2", "nan_loss@x", "sigkill@"])
+def test_a_misspelt_fault_is_refused(monkeypatch, spec):
+    """A test whose fault never fires would pass for the wrong reason."""
+    monkeypatch.setenv(FAULTS, spec)
+    with pytest.raises(ConfigInputError, match=f"DIALOGSUM_FAULTS: cannot read '{spec}'; use fault\\[@step\\]"):
+        faults.inject("train_step", step=1, model=None, control=None)
+
+
+def test_no_faults_listed_means_no_work(monkeypatch):
+    monkeypatch.delenv(FAULTS, raising=False)
+    faults.inject("write_results")  # no context needed: nothing is looked at
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the cases
+
+
+@pytest.fixture(scope="module")
+def hub_url() -> Iterator[str]:
+    server, url = start_hub()
+    yield url
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    with moto_with_iam() as stand:
+        yield stand
+
+
+@pytest.fixture
+def ctx(tmp_path, s3_server, hub_url) -> Context:
+    return Context(tmp_path, s3_server, hub_url)
+
+
+def run(ctx: Context, attempt: Attempt) -> subprocess.CompletedProcess:
+    home = ctx.root / "home"
+    home.mkdir()
+    env = job_env(HOME=str(home), HF_HOME=str(home / "hf"), **attempt.env)  # no stored Hub login, no AWS profile
+    args = ["train", "--config", attempt.config, f"output.uri={ctx.out}", "output.run_name=bad", *attempt.overrides]
+    prefix = []
+    if attempt.bound_by_permissions and os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root reads any file, and setpriv (util-linux) is not here to take that away")
+        prefix = WITHOUT_PERMISSION_OVERRIDES
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "job", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+    )
+
+
+def manifests(ctx: Context) -> list[str]:
+    return sorted(str(p.relative_to(ctx.root)) for p in ctx.root.rglob("manifest.json"))
+
+
+def s3_keys(ctx: Context) -> list[str]:
+    return [o["Key"] for o in ctx.s3.client(ctx.s3.admin).list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(ctx, name):
+    bad = CASES[name]
+    attempt = bad.build(ctx)
+    before = manifests(ctx)
+    proc = run(ctx, attempt)
+    assert proc.returncode == bad.exit_code, proc.stderr[-3000:]
+    assert re.search(bad.message, proc.stderr), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert manifests(ctx) == before  # nothing new marked complete
+    assert s3_keys(ctx) == []  # not even a write probe is left behind
+    if bad.after:
+        bad.after(ctx)
+
+
+def test_the_docs_list_every_case_with_its_exit_code():
+    rows = {}
+    for line in (REPO / "docs" / "bad-inputs.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[1].isdigit():
+            rows[cells[0]] = int(cells[1])
+    assert rows == {name: c.exit_code for name, c in CASES.items()}
+    assert len(rows) >= 20
