@@ -363,25 +363,27 @@ def disk_needs(cfg: Config) -> list[DiskNeed]:
 
 def check_disk(cfg: Config) -> None:
     """Each filesystem holds what the run writes to it, with some headroom."""
-    by_filesystem: dict[int, list[DiskNeed]] = {}
+    by_filesystem: dict[Path, list[DiskNeed]] = {}
     for need in disk_needs(cfg):
-        by_filesystem.setdefault(os.stat(_existing(need.path)).st_dev, []).append(need)
-    for needs in by_filesystem.values():
-        free = shutil.disk_usage(_existing(needs[0].path)).free
-        total = sum(n.bytes for n in needs)
-        if total + DISK_HEADROOM > free:
-            parts = ", ".join(f"{n.what} ~{n.bytes / GIB:.1f} GB" for n in needs if n.bytes)
+        by_filesystem.setdefault(_mount_point(need.path), []).append(need)
+    for mount, needs in by_filesystem.items():
+        free = shutil.disk_usage(mount).free
+        if sum(n.bytes for n in needs) + DISK_HEADROOM > free:
+            parts = ", ".join(f"{n.what} in {n.path} ~{n.bytes / GIB:.1f} GB" for n in needs if n.bytes)
             settings = " or ".join(dict.fromkeys(n.setting for n in needs if n.bytes))
             raise ResourceError(
-                f"not enough disk space on the filesystem of {needs[0].path}: {parts}, "
-                f"{free / GIB:.1f} GB free; free space there or point {settings} at a larger disk"
+                f"not enough disk space on {mount} ({free / GIB:.1f} GB free): {parts}; free space there or point "
+                f"{settings} at a larger disk"
             )
 
 
-def _existing(path: Path) -> Path:
-    """The path itself or its nearest existing parent (what will be written may not exist yet)."""
+def _mount_point(path: Path) -> Path:
+    """The mount point of the filesystem `path` will be written to (it may not exist yet)."""
     path = path.expanduser().absolute()
     while not path.exists() and path != path.parent:
+        path = path.parent
+    device = os.stat(path).st_dev
+    while path != path.parent and os.stat(path.parent).st_dev == device:
         path = path.parent
     return path
 
