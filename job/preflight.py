@@ -85,6 +85,9 @@ def check_gpu(cfg: Config, gpu: tuple[str, float] | None) -> None:
             )
         return  # on the CPU there is no memory ceiling to judge against
     name, memory_gb = gpu
+    if cfg.train.fsdp and runtime.distributed():
+        log.info("GPU memory: train.fsdp shards the model across the GPUs; the one-GPU estimate does not apply")
+        return
     message = memory.fit_message(cfg, name, memory_gb)
     if message:
         raise ResourceError(message)

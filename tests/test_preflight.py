@@ -207,6 +207,14 @@ def test_gpu_memory_fit_names_what_to_lower():
     preflight.check_gpu(resolve(preset="llama-3.2-3b-qlora"), ("Tesla T4", 14.7))  # the preset itself fits a T4
 
 
+def test_sharded_training_is_not_judged_by_the_one_gpu_estimate(monkeypatch):
+    cfg = resolve("train.batch_size=16", "train.fsdp=true", preset="llama-3.2-3b-qlora")
+    with pytest.raises(ResourceError, match="more than the Tesla T4's"):
+        preflight.check_gpu(cfg, ("Tesla T4", 14.7))  # one process: FSDP shards nothing
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    preflight.check_gpu(cfg, ("Tesla T4", 14.7))
+
+
 def test_visible_gpu_reports_this_machine():
     import torch
 
