@@ -40,6 +40,8 @@ def main(argv: list[str]) -> int:
 
 def run(cfg: Config) -> Path | None:
     """The whole job; returns the run folder (None on the helper ranks of a torchrun job)."""
+    from transformers import set_seed
+
     from job import (
         data,
         distributed,
@@ -113,6 +115,7 @@ def run(cfg: Config) -> Path | None:
         for name in cfg.eval.baselines
     }
 
+    set_seed(cfg.train.seed)  # adapter initialisation must not depend on what ran before it
     model = modeling.add_adapters(model, cfg)
     checkpoint_dir = (
         Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runtime.default_checkpoint_dir(run_dir)
