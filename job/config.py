@@ -487,6 +487,8 @@ def _check_values(cfg: Config) -> list[str]:
     if e.max_new_tokens < 1 or e.batch_size < 1 or e.bootstrap_samples < 1:
         p.append("eval.max_new_tokens, eval.batch_size and eval.bootstrap_samples must be >= 1")
     scheme = cfg.output.uri.split("://", 1)[0] if "://" in cfg.output.uri else ""
+    if not scheme and cfg.output.uri.lower().startswith(("s3:", "hf:")):
+        p.append(f"output.uri {cfg.output.uri!r} is missing a slash; use s3://bucket/prefix or hf://owner/repo")
     if scheme not in ("", "s3", "hf", "file"):
         p.append(
             f"output.uri {cfg.output.uri!r}: unknown scheme {scheme}://; use a local folder, s3://bucket/prefix or hf://owner/repo"

@@ -90,21 +90,32 @@ def load_splits(cfg: DataConfig, seed: int):
             builder = _builder(Path(next(iter(files.values()))))
             raw = datasets.load_dataset(builder, data_files=files)
         elif isinstance(where, Path):
-            raw = datasets.load_dataset(_builder(where), data_files={"all": str(where)})
-            raw = _split_single_file(raw["all"], seed)
+            raw = datasets.load_dataset(_builder(where), data_files={"train": str(where)})
+            raw = _split_single_file(raw["train"], seed)
         else:
             raw = datasets.load_dataset(where, revision=cfg.revision)
+        return _normalise(raw, cfg)
     except DataError:
         raise
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"data.dataset={cfg.dataset}: the file is not UTF-8 text ({e.reason}); re-save it as UTF-8"
-        ) from None
-    except FileNotFoundError as e:
-        raise DataError(f"data.dataset={cfg.dataset}: not found ({e}); check the hub id or path") from None
-    except Exception as e:  # datasets wraps parse errors in many types
-        raise DataError(f"data.dataset={cfg.dataset}: cannot load it: {type(e).__name__}: {e}".split("\n")[0]) from None
-    return _normalise(raw, cfg)
+    except Exception as e:  # datasets wraps parse errors (and reads lazily, so they surface while normalising)
+        raise _load_error(cfg.dataset, e) from None
+
+
+def _load_error(spec: str, error: BaseException) -> DataError:
+    """One line for a data set that does not load, from the innermost cause datasets wrapped."""
+    while not isinstance(error, (UnicodeDecodeError, FileNotFoundError, StopIteration)):
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    if isinstance(error, UnicodeDecodeError):
+        return DataError(f"data.dataset={spec}: the file is not UTF-8 text ({error.reason}); re-save it as UTF-8")
+    if isinstance(error, FileNotFoundError):
+        return DataError(f"data.dataset={spec}: not found ({error}); check the hub id or path")
+    if isinstance(error, StopIteration):
+        return DataError(f"data.dataset={spec}: the file holds no rows")
+    text = str(error).split("\n")[0] or type(error).__name__
+    return DataError(f"data.dataset={spec}: cannot load it: {type(error).__name__}: {text}")
 
 
 def _split_single_file(ds, seed: int):

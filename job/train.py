@@ -55,7 +55,7 @@ def run(cfg: Config) -> Path | None:
         secrets,
         training,
     )
-    from job.errors import JobError, ResourceError
+    from job.errors import JobError
 
     started_at, t0 = rundir.now(), time.perf_counter()
     distributed.setup()
@@ -65,13 +65,9 @@ def run(cfg: Config) -> Path | None:
     run_dir = rundir.run_path(cfg)
 
     token = secrets.resolve_hf_token()
-    preflight.check(cfg, token)
+    if main_rank:  # one probe write, one Hub check: the other ranks follow rank 0 or are stopped with it
+        preflight.check(cfg, token)
     hw = modeling.detect_hardware(cfg.model.compute_dtype)
-    if cfg.train.require_gpu and hw.device != "cuda":
-        raise ResourceError(
-            "no CUDA GPU is visible and train.require_gpu is true; run on a GPU machine, or set "
-            "train.require_gpu=false to train on the CPU (only sensible for tiny models)"
-        )
 
     splits = data.load_splits(cfg.data, cfg.train.seed)
     splits["train"] = data.cap(splits["train"], cfg.data.max_train_examples, cfg.train.seed)
