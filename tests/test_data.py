@@ -11,13 +11,23 @@ from job import config as C
 from job import data
 from job.errors import DataError
 
-ROWS = [{"key": f"r{i}", "text": f"#Person1#: hello {i}\n#Person2#: hi {i}", "abstract": f"They greet {i}."}
-        for i in range(40)]
+ROWS = [
+    {"key": f"r{i}", "text": f"#Person1#: hello {i}\n#Person2#: hi {i}", "abstract": f"They greet {i}."}
+    for i in range(40)
+]
 
 
 def _cfg(dataset: str, *extra: str):
-    return C.resolve("test", [f"data.dataset={dataset}", "data.dialogue_column=text", "data.summary_column=abstract",
-                              "data.id_column=key", *extra]).data
+    return C.resolve(
+        "test",
+        [
+            f"data.dataset={dataset}",
+            "data.dialogue_column=text",
+            "data.summary_column=abstract",
+            "data.id_column=key",
+            *extra,
+        ],
+    ).data
 
 
 def test_one_jsonl_file_is_split_80_10_10(tmp_path):
@@ -34,10 +44,13 @@ def test_a_folder_split_by_file_name(tmp_path, fmt):
     import pandas as pd
 
     for split, chunk in (("train", ROWS[:30]), ("validation", ROWS[30:35]), ("test", ROWS[35:])):
-        frame = pd.DataFrame(chunk)
-        path = tmp_path / f"{split}.{fmt}"
-        {"csv": lambda: frame.to_csv(path, index=False), "parquet": lambda: frame.to_parquet(path),
-         "json": lambda: frame.to_json(path, orient="records", lines=True)}[fmt]()
+        frame, path = pd.DataFrame(chunk), tmp_path / f"{split}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(path)
+        else:
+            frame.to_json(path, orient="records", lines=True)
     splits = data.load_splits(_cfg(str(tmp_path)), seed=1)
     assert {k: len(v) for k, v in splits.items()} == {"train": 30, "validation": 5, "test": 5}
 
