@@ -43,3 +43,10 @@ class TrainingError(JobError):
 class PublishError(JobError):
     exit_code = 8
     kind = "publish"
+
+
+class Interrupted(JobError):
+    """Stopped by SIGTERM (spot reclaim, StopTrainingJob, docker stop) after saving a checkpoint: 128 + SIGTERM."""
+
+    exit_code = 143
+    kind = "interrupted"

@@ -55,7 +55,7 @@ def run(cfg: Config) -> Path | None:
         secrets,
         training,
     )
-    from job.errors import JobError
+    from job.errors import Interrupted
 
     started_at, t0 = rundir.now(), time.perf_counter()
     distributed.setup()
@@ -119,7 +119,7 @@ def run(cfg: Config) -> Path | None:
     try:
         trainer, result = training.train(model, tokenizer, splits, cfg, hw, run_dir, checkpoint_dir, attn)
     except training.Interrupted as e:
-        raise JobError(f"{e}; run the same command again (same output.run_name={run_dir.name}) to resume") from None
+        raise Interrupted(f"{e}; run the same command again (same output.run_name={run_dir.name}) to resume") from None
     model = trainer.model
     model.config.use_cache = True
     if main_rank:

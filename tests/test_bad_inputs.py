@@ -297,7 +297,7 @@ def unreadable_file(ctx: Context) -> Attempt:
 
 
 # ----------------------------------------------------------------------------------------------
-# Resources (exit 6), training (exit 7), interruption (exit 1)
+# Resources (exit 6), training (exit 7), interruption (exit 143)
 
 
 @case("GPU required, none visible", 6, r"no CUDA GPU is visible and train\.require_gpu is true")
@@ -368,7 +368,7 @@ def _sigterm_checkpoint(ctx):
 
 @case(
     "SIGTERM",
-    1,
+    143,
     r"stopped by SIGTERM at step 1; checkpoint saved in .*/checkpoints; run the same command again \(same output\.run_name=bad\) to resume",
     _sigterm_checkpoint,
 )
@@ -473,9 +473,13 @@ def test_bad_input(ctx, name):
         bad.after(ctx)
 
 
-def test_the_docs_list_every_case_with_its_exit_code():
+@pytest.mark.parametrize("doc", ["docs/bad-inputs.md", "README.md"])
+def test_the_docs_list_every_case_with_its_exit_code(doc):
+    text = (REPO / doc).read_text()
+    if doc == "README.md":
+        text = text.split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
     rows = {}
-    for line in (REPO / "docs" / "bad-inputs.md").read_text().splitlines():
+    for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and cells[1].isdigit():
             rows[cells[0]] = int(cells[1])

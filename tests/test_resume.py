@@ -82,10 +82,10 @@ def test_sigkill_then_the_same_command_resumes_and_finishes(tmp_path, uninterrup
 
 
 def test_sigterm_saves_a_marked_checkpoint_and_exits_without_finishing(terminated):
-    assert terminated.returncode == 1
+    assert terminated.returncode == 143
     assert "SIGTERM received: saving a checkpoint after this step, then stopping" in terminated.stderr
     assert (
-        f"error (error): stopped by SIGTERM at step 6; checkpoint saved in {terminated.checkpoints}; run the same "
+        f"error (interrupted): stopped by SIGTERM at step 6; checkpoint saved in {terminated.checkpoints}; run the same "
         f"command again (same output.run_name=spot) to resume" in terminated.stderr
     )
     assert "Traceback" not in terminated.stderr
