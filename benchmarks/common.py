@@ -43,7 +43,7 @@ SIZES: dict[str, Size] = {
         eval_dialogues=48,
         eval_batch_size=16,
         max_new_tokens=48,
-        repeats=3,
+        repeats=5,
     ),
     "medium": Size(
         train_examples=256,
@@ -76,11 +76,24 @@ def model_path(cfg) -> Path:
 
 
 def load_model(cfg, hw, lora: bool):
-    """The base model in 4-bit exactly as the job loads it, with LoRA attached as the job attaches it when asked."""
+    """The base model in 4-bit as the job loads it, with LoRA attached as the job attaches it when asked."""
     from job import modeling
 
     model = modeling.load_base_model(cfg, str(model_path(cfg)), hw)
+    keep_cpu_4bit_in_compute_dtype(model)
     return modeling.add_lora(model, cfg) if lora else model
+
+
+def keep_cpu_4bit_in_compute_dtype(model) -> None:
+    """bitsandbytes 0.50, on CPUs with AVX512-BF16, repacks a 4-bit layer for a bf16 kernel on its first eval-mode,
+    no-grad call and keeps it that way: fp32 would no longer mean fp32 (batched and one-at-a-time summaries then
+    drift apart after ~100 tokens), and the repacked layers pass no gradient to their inputs. Keep the dequantizing
+    path, which computes in the configured dtype."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_tokenizer(cfg):
@@ -109,10 +122,22 @@ def machine() -> dict[str, object]:
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        # bitsandbytes runs 4-bit inference through a bf16 kernel on CPUs with this extension
+        "avx512_bf16": "avx512_bf16" in _cpu_flags(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
     }
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_model() -> str:

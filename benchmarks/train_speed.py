@@ -14,6 +14,7 @@ fast.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,8 +71,6 @@ def tokenized(cfg, tokenizer, n: int) -> list[dict]:
 
 def batches(features: list[dict], size: int, steps: int) -> list[list[dict]]:
     """steps + 1 batches (the first one warms up), cycling through the examples in a fixed shuffled order."""
-    import random
-
     order = list(range(len(features)))
     random.Random(0).shuffle(order)
     flat = [features[order[i % len(order)]] for i in range((steps + 1) * size)]
