@@ -78,11 +78,13 @@ def run(size: common.Size) -> dict:
             f"{batched_texts[i]!r} vs {single_texts[i]!r}"
         )
     rate = {arm: [n / s for s in values] for arm, values in seconds.items()}
+    half = half_precision(size)
     paired = [b / s for b, s in zip(rate["batched"], rate["one_at_a_time"], strict=True)]
     words = [len(t.split()) for t in batched_texts]
     return {
         "model": f"{cfg.model.name} (4-bit {cfg.model.quant_type}, no adapter)",
         "compute_dtype": "float32",
+        "bitsandbytes_cpu_bf16_kernel": False,  # common.keep_cpu_4bit_in_compute_dtype
         "dialogues": n,
         "prompt_tokens_mean": round(sum(map(len, prompt_ids)) / n, 1),
         "max_new_tokens": size.max_new_tokens,
@@ -97,7 +99,39 @@ def run(size: common.Size) -> dict:
         # each repeat runs both arms back to back, so its ratio is the least disturbed by other load on the machine
         "eval_speedup": round(common.median(paired), 2),
         "ratio_of_median_rates": round(common.median(rate["batched"]) / common.median(rate["one_at_a_time"]), 2),
+        "half_precision_agreement": half,
     }
+
+
+def half_precision(size: common.Size) -> dict:
+    """How often batched and one-at-a-time greedy summaries agree when the compute dtype is bf16 or fp16: rounding
+    differs with the batch's shape, and greedy decoding follows a different token wherever the top two are closer
+    than that rounding. Measured, not asserted; the fp32 run above must agree exactly."""
+    from job.modeling import detect_hardware
+
+    n = max(8, size.eval_dialogues // 2)
+    out = {}
+    for dtype in ("bfloat16", "float16"):
+        cfg = common.config([f"model.compute_dtype={dtype}"])
+        tokenizer = common.load_tokenizer(cfg)
+        model = common.load_model(cfg, detect_hardware(dtype), lora=False)
+        model.eval()
+        prompt_ids = prompts(cfg, tokenizer, n)
+        batched_texts = batched(model, tokenizer, prompt_ids, size.max_new_tokens, size.eval_batch_size).texts
+        single_texts = one_at_a_time(model, tokenizer, prompt_ids, size.max_new_tokens)
+        first_diff = [_first_difference(a, b) for a, b in zip(batched_texts, single_texts, strict=True) if a != b]
+        out[dtype] = {
+            "dialogues": n,
+            "identical_summaries": n - len(first_diff),
+            "first_differing_word": first_diff,
+        }
+        log.info("eval %s: %d of %d summaries identical", dtype, n - len(first_diff), n)
+    return out
+
+
+def _first_difference(a: str, b: str) -> int:
+    wa, wb = a.split(), b.split()
+    return next((i for i, (x, y) in enumerate(zip(wa, wb)) if x != y), min(len(wa), len(wb)))
 
 
 def _arm(rates: list[float], seconds: list[float]) -> dict:
