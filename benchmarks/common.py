@@ -80,20 +80,7 @@ def load_model(cfg, hw, lora: bool):
     from job import modeling
 
     model = modeling.load_base_model(cfg, str(model_path(cfg)), hw)
-    keep_cpu_4bit_in_compute_dtype(model)
-    return modeling.add_lora(model, cfg) if lora else model
-
-
-def keep_cpu_4bit_in_compute_dtype(model) -> None:
-    """bitsandbytes 0.50, on CPUs with AVX512-BF16, repacks a 4-bit layer for a bf16 kernel on its first eval-mode,
-    no-grad call and keeps it that way: fp32 would no longer mean fp32 (batched and one-at-a-time summaries then
-    drift apart after ~100 tokens), and the repacked layers pass no gradient to their inputs. Keep the dequantizing
-    path, which computes in the configured dtype."""
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+    return modeling.add_adapters(model, cfg) if lora else model
 
 
 def load_tokenizer(cfg):

@@ -84,7 +84,7 @@ def run(size: common.Size) -> dict:
     return {
         "model": f"{cfg.model.name} (4-bit {cfg.model.quant_type}, no adapter)",
         "compute_dtype": "float32",
-        "bitsandbytes_cpu_bf16_kernel": False,  # common.keep_cpu_4bit_in_compute_dtype
+        "bitsandbytes_cpu_bf16_kernel": False,  # job.modeling.keep_cpu_4bit_in_compute_dtype
         "dialogues": n,
         "prompt_tokens_mean": round(sum(map(len, prompt_ids)) / n, 1),
         "max_new_tokens": size.max_new_tokens,

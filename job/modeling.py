@@ -140,6 +140,8 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
             f"the GPU ({hw.name}) ran out of memory loading {cfg.model.name}; use method=qlora, a smaller model "
             f"or a GPU with more memory"
         ) from None
+    if quant is not None and hw.device == "cpu":
+        keep_cpu_4bit_in_compute_dtype(model)
     log.info(
         "loaded %s (%s, %s compute, %s attention) on %s",
         cfg.model.name,
@@ -149,6 +151,18 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
         hw.name,
     )
     return model
+
+
+def keep_cpu_4bit_in_compute_dtype(model) -> None:
+    """bitsandbytes 0.50, on CPUs with AVX512-BF16, repacks a 4-bit layer for a bf16 kernel on its first eval-mode,
+    no-grad call (scoring the base model) and keeps it that way: fp32 no longer means fp32, and the repacked layers
+    pass no gradient to their inputs, so LoRA below them stops learning. Keep the dequantizing path, which computes
+    in the configured dtype."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def add_adapters(model, cfg: Config):
@@ -203,9 +217,6 @@ def add_adapters(model, cfg: Config):
     model = get_peft_model(model, peft_config)
     _log_counts(model)
     return model
-
-
-add_lora = add_adapters  # the name the benchmarks use for the qlora/lora case
 
 
 def _log_counts(model) -> None:

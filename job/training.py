@@ -301,7 +301,16 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         world,
     )
     model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
-    args_cls, trainer_cls = (Seq2SeqTrainingArguments, Seq2SeqTrainer) if enc_dec else (TrainingArguments, Trainer)
+    args_cls, base_cls = (Seq2SeqTrainingArguments, Seq2SeqTrainer) if enc_dec else (TrainingArguments, Trainer)
+
+    class trainer_cls(base_cls):  # noqa: N801 - a Trainer whose validation batches are not counted as training tokens
+        def get_eval_dataloader(self, eval_dataset=None):
+            counting, self.data_collator = self.data_collator, collator.inner
+            try:
+                return super().get_eval_dataloader(eval_dataset)
+            finally:
+                self.data_collator = counting
+
     args = args_cls(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=cfg.train.batch_size,
@@ -374,7 +383,9 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     finally:
         if writer is not None:
             writer.close()
+    # tokens/s over the training steps: validation passes are timed by the Trainer and taken out
     seconds = time.perf_counter() - start
+    step_seconds = seconds - sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
     if sigterm_cb.requested:
         raise Interrupted(
             f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}"
@@ -394,7 +405,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         steps=trainer.state.global_step,
         epochs=float(trainer.state.epoch or 0.0),
         seconds=seconds,
-        tokens_per_second=real / seconds if seconds > 0 else 0.0,
+        tokens_per_second=real / step_seconds if step_seconds > 0 else 0.0,
         padding_fraction=1 - real / fed if fed else 0.0,
         peak_memory_mb=distributed.max_all(peak_memory_mb(hw)),
         history=history,
