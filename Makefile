@@ -32,8 +32,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not container and not slow"
 
 lint: setup
-	$(BIN)/ruff check job launch tests
-	$(BIN)/ruff format --check job launch tests
+	$(BIN)/ruff check job launch tests benchmarks
+	$(BIN)/ruff format --check job launch tests benchmarks
 
 bench: setup
 	$(BIN)/python -m benchmarks

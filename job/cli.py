@@ -21,7 +21,7 @@ COMMANDS = {
     "compare": ("job.compare", "one ROUGE table (markdown, CSV, bar chart) across runs: local, s3:// or hf://"),
 }
 
-DESCRIPTION = """Fine-tune a causal LM for dialogue summarization with QLoRA and score it with ROUGE.
+DESCRIPTION = """Fine-tune an LLM for dialogue summarization with QLoRA (or LoRA, full, prompt tuning) and score it with ROUGE.
 
 commands:
 {commands}
