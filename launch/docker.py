@@ -64,6 +64,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hf-token-file", type=Path, help="file holding the Hugging Face token (mounted read-only)")
     p.add_argument("--cpu", action="store_true", help="no GPU flags (CPU smoke tests)")
+    p.add_argument(
+        "--gpus",
+        type=gpu_count,
+        default="all",
+        help="GPUs to give the job: `all` (default) or a count N; with several, the job runs under torchrun with "
+        "one process per GPU (DDP, or FSDP with train.fsdp=true)",
+    )
     p.add_argument("--as-root", action="store_true", help="run as the image's root user instead of yours")
     p.add_argument("--run", action="store_true", help="run the command instead of only printing it")
     return p
@@ -158,9 +165,33 @@ def token_args(token_file: Path | None) -> list[str]:
     return []
 
 
-def gpu_args(engine: str) -> list[str]:
+def gpu_count(text: str) -> str:
+    if text == "all" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"--gpus takes `all` or a count >= 1, got {text!r}")
+
+
+def gpu_args(engine: str, gpus: str = "all") -> list[str]:
     """docker's NVIDIA runtime flag; podman uses the Container Device Interface (nvidia-ctk cdi generate)."""
-    return ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
+    if engine == "docker":
+        return ["--gpus", gpus]
+    if gpus == "all":
+        return ["--device", "nvidia.com/gpu=all"]
+    return [arg for i in range(int(gpus)) for arg in ("--device", f"nvidia.com/gpu={i}")]
+
+
+def job_launcher(gpus: str, cpu: bool) -> list[str]:
+    """Several GPUs: replace the entrypoint by torchrun, one process per GPU (a single process must never wrap a
+    4-bit model in DataParallel). `all` keeps one process: the count is unknown until the container runs."""
+    if cpu or gpus == "all" or int(gpus) == 1:
+        return []
+    return ["--entrypoint", "/opt/venv/bin/python"]
+
+
+def torchrun_prefix(gpus: str, cpu: bool) -> list[str]:
+    if not job_launcher(gpus, cpu):
+        return []
+    return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "job"]
 
 
 def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> list[str]:
@@ -171,14 +202,16 @@ def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> l
     cache = args.hf_cache.expanduser().resolve()
     cmd = [engine, "run", "--rm"]
     if not args.cpu:
-        cmd += gpu_args(engine)
+        cmd += gpu_args(engine, args.gpus)
+    cmd += job_launcher(args.gpus, args.cpu)
     if not args.as_root and hasattr(os, "getuid"):
         cmd += ["--user", f"{os.getuid()}:{os.getgid()}"]
     # PyTorch's data loader workers share tensors through /dev/shm, which engines cap at 64 MB by default.
     cmd += ["--shm-size", "8g"]
     cmd += ["-v", f"{runs}:{RUNS_IN_CONTAINER}", "-v", f"{cache}:{HF_HOME_IN_CONTAINER}"]
     cmd += volumes + token_args(args.hf_token_file)
-    cmd += [args.image, args.command] + (["--config", config] if config else []) + job_args
+    cmd += [args.image, *torchrun_prefix(args.gpus, args.cpu), args.command]
+    cmd += (["--config", config] if config else []) + job_args
     return cmd
 
 

@@ -69,6 +69,22 @@ def test_podman_uses_cdi_for_the_gpu_and_cpu_drops_it():
     assert "--device" not in cmd and "--gpus" not in cmd and "--user" not in cmd
 
 
+def test_several_gpus_run_the_job_under_torchrun_one_process_each():
+    _, cmd, err = launch("train", "--config", "llama-3.2-3b-qlora", "--engine", "docker", "--image", "dsq:1",
+                         "--gpus", "4")  # fmt: skip
+    assert flag_values(cmd, "--gpus") == ["4"] and flag_values(cmd, "--entrypoint") == ["/opt/venv/bin/python"]
+    at = cmd.index("dsq:1")
+    assert cmd[at + 1 : at + 8] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m", "job", "train",
+    ]  # fmt: skip
+    _, cmd, _ = launch("train", "--config", "smoke", "--engine", "podman", "--gpus", "2")
+    assert flag_values(cmd, "--device") == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
+    _, cmd, _ = launch("train", "--config", "smoke", "--engine", "docker", "--gpus", "1")
+    assert "--entrypoint" not in cmd  # one GPU: the image's own entrypoint, one process
+    code, _, err = launch("train", "--config", "smoke", "--engine", "docker", "--gpus", "0")
+    assert code == 2 and "--gpus takes `all` or a count >= 1" in err
+
+
 def test_token_file_is_mounted_where_the_job_reads_it(tmp_path):
     token_file = tmp_path / "hf_token"
     token_file.write_text(TOKEN + "\n")
