@@ -164,6 +164,8 @@ def run(cfg: Config) -> Path | None:
             "seconds": round(time.perf_counter() - t0, 2),
             "platform": runtime.platform(),
             "device": hw.name,
+            "load_in_4bit": cfg.quantized,
+            "processes": runtime.world_size(),
             "resumed_from": result.resumed_from,
         },
         "scorer": scoring.scorer_info(len(dialogues), sum(len(r) for r in refs), samples, seed),

@@ -399,8 +399,10 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         else (eval_losses[-1] if eval_losses else None)
     )
     real, fed = distributed.sum_all(collator.real, collator.total)
+    # after a resume the Trainer averages only the steps it ran; the logged losses cover the whole run
+    loss = (sum(losses) / len(losses)) if (resume and losses) else (float(output.training_loss) if losses else None)
     return trainer, TrainResult(
-        loss=float(output.training_loss) if losses else None,
+        loss=loss,
         eval_loss=float(best_eval) if best_eval is not None else None,
         steps=trainer.state.global_step,
         epochs=float(trainer.state.epoch or 0.0),
