@@ -21,7 +21,7 @@ from job.errors import AuthError, PublishError
 from tests.conftest import job_env, run_job
 from tests.test_publish import make_run
 
-TOKEN = "hf_hubTestToken0123456789abcdefgh"
+TOKEN = "hf_hubTestToken0123456789abcdefgh"  # PLANTED: a fake token the tests look for
 
 
 @dataclass

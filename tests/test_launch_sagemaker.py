@@ -30,7 +30,7 @@ from launch import sagemaker_request as req
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_3B = str(REPO / "job" / "presets" / "llama-3.2-3b-qlora.yaml")
-TOKEN = "hf_PlantedTokenThatMustNeverLeave42"
+TOKEN = "hf_PlantedTokenThatMustNeverLeave42"  # PLANTED: a fake token the tests look for
 REGION = "us-east-1"
 BUCKET = "team-ml"
 ROLE_NAME = "SageMakerTraining"

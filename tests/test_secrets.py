@@ -20,7 +20,7 @@ from moto import mock_aws
 from job import logs, secrets
 from job.errors import AuthError
 
-TOKEN = "hf_testTokenValue0123456789abcdef"
+TOKEN = "hf_testTokenValue0123456789abcdef"  # PLANTED: a fake token the tests look for
 
 
 @pytest.fixture(autouse=True)
