@@ -11,6 +11,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SCORE_KEYS = {
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rougeLsum",
+    "multi_reference",
+    "ci95",
+    "avg_words",
+    "length_ratio",
+    "hit_max_new_tokens",
+}
+"""The keys of each scored block (`base`, `finetuned`, a baseline) in metrics.json."""
 
 
 def job_env(**extra: str) -> dict[str, str]:

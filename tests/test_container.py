@@ -25,6 +25,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from launch import image
+from tests.conftest import SCORE_KEYS
 
 ROOT = image.PROJECT_ROOT
 PLANTED = "hf_PlantedContainerSecret7f3a9c2e41"
@@ -34,17 +35,6 @@ BASE_IMAGE = os.environ.get("CONTAINER_BASE_IMAGE", "localhost/debian:bookworm")
 WHEELS = Path(os.environ.get("CONTAINER_TORCH_WHEELS", "/opt/wheels"))
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 TAG = "localhost/dialogsum-qlora:container-test"
-METRIC_KEYS = {
-    "rouge1",
-    "rouge2",
-    "rougeL",
-    "rougeLsum",
-    "multi_reference",
-    "ci95",
-    "avg_words",
-    "length_ratio",
-    "hit_max_new_tokens",
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,7 +206,7 @@ def assert_complete_run(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"run", "scorer", "generation", "base", "finetuned", "baselines", "train"} <= set(metrics)
     for side in ("base", "finetuned"):
-        assert METRIC_KEYS <= set(metrics[side]), side
+        assert SCORE_KEYS <= set(metrics[side]), side
     return metrics
 
 

@@ -9,7 +9,7 @@ import re
 import yaml
 
 from job import rundir
-from tests.conftest import run_job
+from tests.conftest import SCORE_KEYS, run_job
 
 LAYOUT = [
     "adapter/adapter_config.json",
@@ -25,17 +25,6 @@ LAYOUT = [
     "config.yaml",
     "manifest.json",
 ]
-SCORE_KEYS = {
-    "rouge1",
-    "rouge2",
-    "rougeL",
-    "rougeLsum",
-    "multi_reference",
-    "ci95",
-    "avg_words",
-    "length_ratio",
-    "hit_max_new_tokens",
-}
 
 
 def test_run_folder_layout(trained_run):
