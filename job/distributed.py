@@ -85,5 +85,11 @@ def max_all(value: float) -> float:
 
 
 def cleanup() -> None:
+    """Leave the process group together, every rank at the end of its work.
+
+    The barrier comes first: it waits with the GIL released, so gloo's worker threads can finish releasing the
+    tensors of the last collective (which takes the GIL). Tearing the group down while one of them still is
+    deadlocks the process at exit: the group's destructor joins that thread while holding the GIL."""
     if enabled() and td.is_initialized():
+        td.barrier()
         td.destroy_process_group()

@@ -125,7 +125,7 @@ def run(cfg: Config) -> Path | None:
     if main_rank:
         modeling.save_trained(model, tokenizer, cfg, run_dir)
     tuned = summarize("fine-tuned summaries")
-    if not main_rank:  # rank 0 scores, writes and publishes alone
+    if not main_rank:  # rank 0 scores, writes and publishes alone; the others wait for it in cleanup()
         distributed.cleanup()
         return None
     refs = [d.references for d in dialogues]

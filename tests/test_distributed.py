@@ -44,7 +44,7 @@ def test_two_processes_write_one_complete_run(tmp_path):
         text=True,
         env=job_env(),
         cwd=REPO,
-        timeout=600,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
@@ -91,7 +91,7 @@ def test_killed_and_restarted_it_resumes(tmp_path):
     first.wait(timeout=60)
     log.close()
     assert not rundir.is_complete(tmp_path / "ddp")
-    second = subprocess.run(args, capture_output=True, text=True, env=job_env(), cwd=REPO, timeout=600)
+    second = subprocess.run(args, capture_output=True, text=True, env=job_env(), cwd=REPO, timeout=300)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resuming from checkpoint" in second.stderr
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
@@ -109,7 +109,7 @@ def test_fsdp_shards_the_4bit_model_and_saves_a_whole_adapter(tmp_path):
         text=True,
         env=job_env(),
         cwd=REPO,
-        timeout=600,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = tmp_path / "fsdp"

@@ -677,7 +677,7 @@ def test_generated_kernel_with_two_processes_runs_under_torchrun(creds, tmp_path
     """As on Kaggle's T4 x2, with two CPU processes (gloo) standing in for the two GPUs."""
     code = build_kernel(tmp_path / "k")
     env = kernel_env(tmp_path, tmp_path / "w", DIALOGSUM_NPROC="2")
-    done = subprocess.run([sys.executable, str(code)], env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, str(code)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "training processes: 2 under torchrun" in done.stdout
     assert "running: -m torch.distributed.run --standalone --nproc_per_node=2 -m job train" in done.stdout
