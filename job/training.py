@@ -253,21 +253,21 @@ def _steps(cfg: Config, n_train: int) -> tuple[int, int, int]:
 
 
 def fsdp_arguments(cfg: Config) -> dict:
-    """FSDP settings for the Trainer (PEFT's recipe for QLoRA + FSDP): full sharding wrapped per transformer block,
-    original parameters off (LoRA mixes frozen and trainable weights), weights loaded once on rank 0 and broadcast."""
+    """FSDP settings for the Trainer: FSDP2 (per-parameter sharding, which keeps frozen 4-bit and trainable LoRA
+    weights apart), full sharding wrapped per transformer block, weights loaded once on rank 0 and broadcast, and a
+    full state dict so the saved adapter is whole."""
     if not cfg.train.fsdp:
         return {}
     if not runtime.distributed():
         log.warning("train.fsdp=true without torchrun: a single process has nothing to shard; training without FSDP")
         return {}
     return {
-        "fsdp": "full_shard auto_wrap",
+        "fsdp": True,
         "fsdp_config": {
-            "backward_prefetch": "backward_pre",
-            "forward_prefetch": False,
-            "use_orig_params": False,
+            "version": 2,
+            "reshard_after_forward": True,
             "cpu_ram_efficient_loading": True,
-            "sync_module_states": True,
+            "state_dict_type": "FULL_STATE_DICT",
         },
     }
 
@@ -339,7 +339,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         train_sampling_strategy="group_by_length" if mode == "group_by_length" else "random",
         length_column_name="length",
         remove_unused_columns=False,
-        gradient_checkpointing=False,  # already enabled on the model before LoRA was attached
+        # activation checkpointing is left off here: it is enabled on the model before LoRA is attached
         ddp_find_unused_parameters=False,  # only LoRA weights train, all of them every step
         **fsdp_arguments(cfg),
         report_to="none",
