@@ -4,6 +4,7 @@ DDP through the Trainer; only rank 0 writes the run folder, the others help trai
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from job import runtime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SETTLE_S = 1.0  # see cleanup()
 
 
 def enabled() -> bool:
@@ -21,12 +23,15 @@ def enabled() -> bool:
 
 
 def setup() -> None:
-    """Join the process group (NCCL on GPUs, gloo on CPUs) and bind this rank's GPU, before any model loads."""
+    """Join the process group (NCCL with gloo beside it on GPUs, gloo on CPUs) and bind this rank's GPU, before any
+    model loads."""
     if not enabled() or td.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(runtime.local_rank())
-        backend = "nccl"
+        # NCCL for the model's CUDA tensors, gloo for the job's own small CPU collectives (token counts, the stop
+        # flag, the objects gathered after generation): NCCL alone rejects CPU tensors
+        backend = "cuda:nccl,cpu:gloo"
     else:
         backend = "gloo"
     # generous: rank 0 alone scores the base model on its shard while the others wait for the gather
@@ -87,9 +92,11 @@ def max_all(value: float) -> float:
 def cleanup() -> None:
     """Leave the process group together, every rank at the end of its work.
 
-    The barrier comes first: it waits with the GIL released, so gloo's worker threads can finish releasing the
-    tensors of the last collective (which takes the GIL). Tearing the group down while one of them still is
-    deadlocks the process at exit: the group's destructor joins that thread while holding the GIL."""
+    gloo's worker threads release each finished collective's tensors themselves, which takes the GIL, and the
+    group's destructor (run when the last reference to it goes, e.g. with DDP's reducer) joins those threads while
+    holding the GIL: a worker still releasing then deadlocks the process at exit. So every rank meets at a barrier
+    (the last collective), then sleeps with the GIL released so the workers finish releasing, then leaves."""
     if enabled() and td.is_initialized():
         td.barrier()
+        time.sleep(SETTLE_S)
         td.destroy_process_group()

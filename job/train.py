@@ -119,6 +119,7 @@ def run(cfg: Config) -> Path | None:
     try:
         trainer, result = training.train(model, tokenizer, splits, cfg, hw, run_dir, checkpoint_dir, attn)
     except training.Interrupted as e:
+        distributed.cleanup()  # every rank stopped after the same step
         raise Interrupted(f"{e}; run the same command again (same output.run_name={run_dir.name}) to resume") from None
     model = trainer.model
     model.config.use_cache = True

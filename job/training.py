@@ -211,22 +211,31 @@ def _callbacks(run_dir: Path):
 
     class StopOnSigterm(TrainerCallback):
         """SageMaker (spot interruption, StopTrainingJob) and `docker stop` send SIGTERM, then SIGKILL after a grace
-        period: save a checkpoint at the end of the current step and stop."""
+        period: save a checkpoint at the end of the current step and stop. Under torchrun every rank stops after the
+        same step (the signal can reach the ranks a step apart, or one alone, and a rank that stopped alone would
+        leave the others waiting in their next all-reduce)."""
 
         def __init__(self):
-            self.requested = False
+            self.signalled = False  # this process received SIGTERM
+            self.requested = False  # training stopped because of it (on every rank at the same step)
             self.previous = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             def handler(signum, frame):
                 log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
-                self.requested = True
+                self.signalled = True
 
             self.previous = signal.signal(signal.SIGTERM, handler)
 
         def on_step_end(self, args, state, control, **kwargs):
             faults.inject("train_step", step=state.global_step, model=kwargs.get("model"), control=control)
-            if self.requested:
+            stop = self.signalled
+            if distributed.enabled():
+                stop = distributed.max_all(float(stop)) > 0
+                if stop and not self.signalled:
+                    log.warning("another rank received SIGTERM: saving a checkpoint after this step, then stopping")
+            if stop:
+                self.requested = True
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -386,7 +395,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     # tokens/s over the training steps: validation passes are timed by the Trainer and taken out
     seconds = time.perf_counter() - start
     step_seconds = seconds - sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
-    if sigterm_cb.requested:
+    if sigterm_cb.requested or (sigterm_cb.signalled and not distributed.enabled()):
         raise Interrupted(
             f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}"
         )

@@ -4,6 +4,7 @@ model; rank 0 alone writes exactly one run folder; killed mid-training and resta
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -119,3 +120,43 @@ def test_fsdp_shards_the_4bit_model_and_saves_a_whole_adapter(tmp_path):
     assert len(weights) == 2 * 7 * 2
     assert all(v.shape[0] == 8 for k, v in weights.items() if "lora_A" in k)
     assert sum(float(v.abs().sum()) for k, v in weights.items() if "lora_B" in k) > 0
+
+
+def test_sigterm_reaching_one_rank_stops_both_after_the_same_step_and_the_run_resumes(tmp_path):
+    """A signal that reaches one rank alone (or the ranks a step apart) must not leave the other in its next
+    all-reduce: both save the same checkpoint and stop, and the same command finishes the run."""
+    args = torchrun(
+        f"output.uri={tmp_path}",
+        "output.run_name=ddp",
+        "train.max_steps=40",
+        "train.save_steps=4",
+        "train.eval_steps=4",
+        "eval.base=false",
+    )
+    env = job_env(DIALOGSUM_FAULTS="slow_step", DIALOGSUM_SLOW_STEP_SECONDS="0.3")
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    checkpoints = tmp_path / "ddp" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (checkpoints / "checkpoint-4" / "checkpoint-complete.json").is_file():
+        if first.poll() is not None:
+            pytest.fail("the first run ended before a checkpoint was written:\n" + (tmp_path / "first.log").read_text())
+        time.sleep(0.1)
+    ranks = {p.environ().get("LOCAL_RANK"): p for p in psutil.Process(first.pid).children(recursive=True)}
+    ranks["1"].send_signal(signal.SIGTERM)
+    first.wait(timeout=120)
+    log.close()
+    text = (tmp_path / "first.log").read_text()
+    assert first.returncode != 0, text[-4000:]
+    assert text.count("SIGTERM received") == 1 and text.count("another rank received SIGTERM") == 1, text[-4000:]
+    stopped = set(re.findall(r"stopped by SIGTERM at step (\d+)", text))
+    assert len(stopped) == 1, text[-4000:]  # both ranks, the same step
+    step = stopped.pop()
+    assert (checkpoints / f"checkpoint-{step}" / "checkpoint-complete.json").is_file()
+    assert not rundir.is_complete(tmp_path / "ddp")
+
+    second = subprocess.run(args, capture_output=True, text=True, env=job_env(), cwd=REPO, timeout=300)
+    assert second.returncode == 0, second.stderr[-4000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert Path(metrics["run"]["resumed_from"]).name == f"checkpoint-{step}"
+    assert metrics["train"]["steps"] == 40 and rundir.verify(tmp_path / "ddp") == []
