@@ -165,6 +165,28 @@ def resume_point(folder: Path) -> Path | None:
     return None
 
 
+def relocate_best_checkpoint(resume: Path) -> None:
+    """A checkpoint folder copied in from elsewhere (Kaggle's next session, SageMaker's restore from S3) records the
+    best checkpoint under its old path, which the Trainer drops (or, where it still exists, reads from another run's
+    folder); point it at the copy beside the resume point.
+    The state file is replaced whole, never half-written."""
+    import json
+
+    state_file = resume / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    best = state.get("best_model_checkpoint")
+    if not best:
+        return
+    moved = resume.parent / Path(best).name
+    if Path(best) == moved or not (moved / COMPLETE_MARKER).is_file():
+        return
+    state["best_model_checkpoint"] = str(moved)
+    partial = state_file.with_name(state_file.name + ".partial")
+    partial.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    partial.replace(state_file)
+    log.info("best checkpoint so far: %s (recorded as %s before the folder was moved)", moved, best)
+
+
 # ----------------------------------------------------------------------------------------------
 # Callbacks
 
@@ -377,6 +399,9 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     resume = resume_point(checkpoint_dir)
     if resume is not None:
         log.info("resuming from checkpoint %s", resume)
+        if main:
+            relocate_best_checkpoint(resume)
+        distributed.barrier()  # every rank reads the same state
     if hw.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

@@ -125,6 +125,13 @@ def test_resume_from_a_folder_copied_in_from_elsewhere_skips_its_corrupt_newest(
         f"checkpoint {copy / 'checkpoint-6'} is marked complete but cannot be read; trying an older one" in run.stderr
     )
     assert f"resuming from checkpoint {copy / 'checkpoint-4'}" in run.stderr
+    # the best checkpoint was recorded under the old folder; best-model tracking follows the copy
+    best = Path(json.loads((terminated.checkpoints / "checkpoint-4" / "trainer_state.json").read_text())[
+        "best_model_checkpoint"
+    ])
+    assert best.parent == terminated.checkpoints
+    assert f"best checkpoint so far: {copy / best.name}" in run.stderr
+    assert "recorded in the resumed state does not" not in run.stderr
     assert run.metrics["train"]["steps"] == 12
     assert abs(run.metrics["train"]["eval_loss"] - uninterrupted.metrics["train"]["eval_loss"]) < LOSS_NOISE
     assert rundir.verify(run.dir) == []
