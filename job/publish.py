@@ -28,6 +28,8 @@ and connection errors)."""
 S3_PART_SIZE = 64 * 1024 * 1024
 """Multipart threshold and part size: a 16 GB merged model goes in 256 parts, well under S3's 10,000."""
 
+SHA256_METADATA = "sha256"  # x-amz-meta-sha256 on every uploaded object: a re-publish skips what already landed
+
 
 # ----------------------------------------------------------------------------------------------
 # The run's files, as its manifest lists them
@@ -112,16 +114,20 @@ def s3_client():
     return boto3.client("s3", config=BotoConfig(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS}))
 
 
-def _exists(client, bucket: str, key: str) -> bool:
+def _head(client, bucket: str, key: str) -> dict | None:
+    """The object's metadata, or None when there is no such object."""
     from botocore.exceptions import ClientError
 
     try:
-        client.head_object(Bucket=bucket, Key=key)
-        return True
+        return client.head_object(Bucket=bucket, Key=key)
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
+            return None
         raise
+
+
+def _exists(client, bucket: str, key: str) -> bool:
+    return _head(client, bucket, key) is not None
 
 
 def _deliver_s3(files: list[tuple[Path, str]], uri: str, run_name: str) -> str:
@@ -140,14 +146,33 @@ def _deliver_s3(files: list[tuple[Path, str]], uri: str, run_name: str) -> str:
     total = sum(local.stat().st_size for local, _ in files)
     log.info("uploading %d files (%.1f MB) to %s", len(files), total / 1e6, destination)
     # disable=None: a bar on a terminal, nothing in captured logs (SageMaker, Kaggle) where it would be noise
+    kept = 0
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=None) as bar:
         for local, rel in files:  # run_files puts the manifest last: its presence marks a complete upload
             key = f"{run_prefix}/{rel}"
-            client.upload_file(str(local), bucket, key, Config=transfer, Callback=bar.update)
-            _verify_size(client, bucket, key, local.stat().st_size)
+            size, digest = local.stat().st_size, rundir.sha256(local)
+            if _landed(client, bucket, key, size, digest):  # an earlier attempt that failed later on
+                kept += 1
+                bar.update(size)
+                continue
+            extra = {"Metadata": {SHA256_METADATA: digest}}
+            client.upload_file(str(local), bucket, key, ExtraArgs=extra, Config=transfer, Callback=bar.update)
+            _verify_size(client, bucket, key, size)
             log.debug("uploaded s3://%s/%s", bucket, key)
+    if kept:
+        log.info("%d of %d files were already there from an earlier attempt (same size and sha256)", kept, len(files))
     log.info("run delivered to %s", destination)
     return destination
+
+
+def _landed(client, bucket: str, key: str, size: int, digest: str) -> bool:
+    """The object exists with this size and the sha256 this job recorded when it uploaded it."""
+    head = _head(client, bucket, key)
+    if head is None or head["ContentLength"] != size:
+        return False
+    # header names are case-insensitive, and botocore keeps the case a server or proxy answered with
+    metadata = {name.lower(): value for name, value in head.get("Metadata", {}).items()}
+    return metadata.get(SHA256_METADATA) == digest
 
 
 def _verify_size(client, bucket: str, key: str, expected: int) -> None:

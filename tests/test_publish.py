@@ -241,6 +241,8 @@ def assert_landed(client, proxy: S3Proxy, run: Path, prefix: str) -> None:
     assert set(objects) == {f["path"] for f in manifest["files"]} | {"manifest.json"}
     for entry in manifest["files"]:
         assert hashlib.sha256(objects[entry["path"]]).hexdigest() == entry["sha256"], entry["path"]
+        metadata = client.head_object(Bucket=BUCKET, Key=prefix + entry["path"])["Metadata"]
+        assert metadata == {"sha256": entry["sha256"]}, entry["path"]  # what a re-publish compares
     assert objects["manifest.json"] == (run / "manifest.json").read_bytes()
     writes = proxy.writes(prefix)
     assert writes[-1] == prefix + "manifest.json"
@@ -365,10 +367,18 @@ def test_train_delivers_to_s3_and_a_failed_delivery_is_finished_by_publish(tmp_p
     assert "manifest.json" not in s3_objects(s3, "experiments/second/")
     command = re.search(r"finish with: (python -m job publish .+)$", second.stderr, re.M).group(1)
 
+    landed_before = set(proxy.writes("experiments/second/"))
+    assert landed_before and "experiments/second/report.md" not in landed_before
+
     proxy.faults.clear()
+    seen = len(proxy.requests)
     finished = cli(*command.split()[3:], endpoint=proxy.url)
     assert finished.returncode == 0, finished.stderr
     assert_landed(s3, proxy, tmp_path / "local" / "second", "experiments/second/")
+    # what landed before the failure (same size and sha256) is not sent again; the rest is
+    rewritten = [r for r in proxy.requests[seen:] if r[0] in ("PUT", "POST") and "/experiments/second/" in r[1]]
+    assert not [r for r in rewritten if urlsplit(r[1]).path.removeprefix(f"/{BUCKET}/") in landed_before]
+    assert f"{len(landed_before)} of " in finished.stderr and "were already there" in finished.stderr
     assert_landed(s3, proxy, run, "experiments/first/")  # the first run is untouched
 
 

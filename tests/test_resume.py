@@ -126,9 +126,11 @@ def test_resume_from_a_folder_copied_in_from_elsewhere_skips_its_corrupt_newest(
     )
     assert f"resuming from checkpoint {copy / 'checkpoint-4'}" in run.stderr
     # the best checkpoint was recorded under the old folder; best-model tracking follows the copy
-    best = Path(json.loads((terminated.checkpoints / "checkpoint-4" / "trainer_state.json").read_text())[
-        "best_model_checkpoint"
-    ])
+    best = Path(
+        json.loads((terminated.checkpoints / "checkpoint-4" / "trainer_state.json").read_text())[
+            "best_model_checkpoint"
+        ]
+    )
     assert best.parent == terminated.checkpoints
     assert f"best checkpoint so far: {copy / best.name}" in run.stderr
     assert "recorded in the resumed state does not" not in run.stderr
