@@ -38,6 +38,26 @@ def torchrun(*args: str) -> list[str]:
     ]
 
 
+# 40 steps with a checkpoint every 4: long enough to interrupt after the first one
+LONG_RUN = ("train.max_steps=40", "train.save_steps=4", "train.eval_steps=4", "eval.base=false")
+
+
+def start_until_a_checkpoint(tmp_path: Path, env: dict[str, str]) -> tuple[list[str], subprocess.Popen]:
+    """Start a long two-process run (output in first.log) and return once its first checkpoint is complete."""
+    args = torchrun(f"output.uri={tmp_path}", "output.run_name=ddp", *LONG_RUN)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    checkpoints = tmp_path / "ddp" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(
+        (p / "checkpoint-complete.json").is_file() for p in checkpoints.glob("checkpoint-*")
+    ):
+        if first.poll() is not None:
+            pytest.fail("the first run ended before a checkpoint was written:\n" + (tmp_path / "first.log").read_text())
+        time.sleep(0.1)
+    return args, first
+
+
 def test_two_processes_write_one_complete_run(tmp_path):
     proc = subprocess.run(
         torchrun(f"output.uri={tmp_path}", "output.run_name=ddp"),
@@ -65,24 +85,7 @@ def test_two_processes_write_one_complete_run(tmp_path):
 
 
 def test_killed_and_restarted_it_resumes(tmp_path):
-    args = torchrun(
-        f"output.uri={tmp_path}",
-        "output.run_name=ddp",
-        "train.max_steps=40",
-        "train.save_steps=4",
-        "train.eval_steps=4",
-        "eval.base=false",
-    )
-    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
-    first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, env=job_env(), cwd=REPO)
-    checkpoints = tmp_path / "ddp" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not any(
-        (p / "checkpoint-complete.json").is_file() for p in checkpoints.glob("checkpoint-*")
-    ):
-        if first.poll() is not None:
-            pytest.fail("the first run ended before a checkpoint was written:\n" + (tmp_path / "first.log").read_text())
-        time.sleep(0.2)
+    args, first = start_until_a_checkpoint(tmp_path, job_env())
     # the launcher and both ranks at once, like a spot reclaim (the ranks run in sessions of their own)
     for process in [*psutil.Process(first.pid).children(recursive=True), psutil.Process(first.pid)]:
         try:
@@ -90,7 +93,6 @@ def test_killed_and_restarted_it_resumes(tmp_path):
         except psutil.NoSuchProcess:  # a rank that ended on its own in the meantime
             pass
     first.wait(timeout=60)
-    log.close()
     assert not rundir.is_complete(tmp_path / "ddp")
     second = subprocess.run(args, capture_output=True, text=True, env=job_env(), cwd=REPO, timeout=300)
     assert second.returncode == 0, second.stderr[-4000:]
@@ -125,33 +127,18 @@ def test_fsdp_shards_the_4bit_model_and_saves_a_whole_adapter(tmp_path):
 def test_sigterm_reaching_one_rank_stops_both_after_the_same_step_and_the_run_resumes(tmp_path):
     """A signal that reaches one rank alone (or the ranks a step apart) must not leave the other in its next
     all-reduce: both save the same checkpoint and stop, and the same command finishes the run."""
-    args = torchrun(
-        f"output.uri={tmp_path}",
-        "output.run_name=ddp",
-        "train.max_steps=40",
-        "train.save_steps=4",
-        "train.eval_steps=4",
-        "eval.base=false",
-    )
     env = job_env(DIALOGSUM_FAULTS="slow_step", DIALOGSUM_SLOW_STEP_SECONDS="0.3")
-    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
-    first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    args, first = start_until_a_checkpoint(tmp_path, env)
     checkpoints = tmp_path / "ddp" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (checkpoints / "checkpoint-4" / "checkpoint-complete.json").is_file():
-        if first.poll() is not None:
-            pytest.fail("the first run ended before a checkpoint was written:\n" + (tmp_path / "first.log").read_text())
-        time.sleep(0.1)
     ranks = {p.environ().get("LOCAL_RANK"): p for p in psutil.Process(first.pid).children(recursive=True)}
     ranks["1"].send_signal(signal.SIGTERM)
     first.wait(timeout=120)
-    log.close()
     text = (tmp_path / "first.log").read_text()
     assert first.returncode != 0, text[-4000:]
     assert text.count("SIGTERM received") == 1 and text.count("another rank received SIGTERM") == 1, text[-4000:]
-    stopped = set(re.findall(r"stopped by SIGTERM at step (\d+)", text))
-    assert len(stopped) == 1, text[-4000:]  # both ranks, the same step
-    step = stopped.pop()
+    stopped = re.findall(r"^error \(interrupted\): stopped by SIGTERM at step (\d+)", text, re.M)
+    assert len(stopped) == 2 and len(set(stopped)) == 1, text[-4000:]  # both ranks, the same step
+    step = stopped[0]
     assert (checkpoints / f"checkpoint-{step}" / "checkpoint-complete.json").is_file()
     assert not rundir.is_complete(tmp_path / "ddp")
 
