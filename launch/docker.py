@@ -180,16 +180,19 @@ def gpu_args(engine: str, gpus: str = "all") -> list[str]:
     return [arg for i in range(int(gpus)) for arg in ("--device", f"nvidia.com/gpu={i}")]
 
 
+def under_torchrun(gpus: str, cpu: bool) -> bool:
+    """Several GPUs run one process per GPU under torchrun (a single process must never wrap a 4-bit model in
+    DataParallel). `all` keeps one process: the count is unknown until the container runs."""
+    return not cpu and gpus != "all" and int(gpus) > 1
+
+
 def job_launcher(gpus: str, cpu: bool) -> list[str]:
-    """Several GPUs: replace the entrypoint by torchrun, one process per GPU (a single process must never wrap a
-    4-bit model in DataParallel). `all` keeps one process: the count is unknown until the container runs."""
-    if cpu or gpus == "all" or int(gpus) == 1:
-        return []
-    return ["--entrypoint", "/opt/venv/bin/python"]
+    """The entrypoint override that lets torchrun start the job."""
+    return ["--entrypoint", "/opt/venv/bin/python"] if under_torchrun(gpus, cpu) else []
 
 
 def torchrun_prefix(gpus: str, cpu: bool) -> list[str]:
-    if not job_launcher(gpus, cpu):
+    if not under_torchrun(gpus, cpu):
         return []
     return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "job"]
 
