@@ -144,7 +144,7 @@ class TrainConfig:
     logging_steps: int = 10
     """Optimizer steps between `metrics:` log lines."""
     eval_steps: int | None = None
-    """Optimizer steps between validation-loss evaluations (None: once per epoch-fraction of 1/4)."""
+    """Optimizer steps between validation-loss evaluations (None: a quarter of the run's total steps)."""
     save_steps: int | None = None
     """Optimizer steps between checkpoints (None: same as eval_steps)."""
     save_total_limit: int = 2
