@@ -1,5 +1,5 @@
-"""Every bad input the job is known to meet, through the real CLI in a subprocess: the one-line message, the exit
-code of its class, no traceback, and nothing marked complete (no manifest.json, locally or on S3).
+"""Every bad input the job is known to meet, through the real CLI (`job.cli.main`, in a new process where the case
+needs one): the one-line message, the exit code of its class, no traceback, and nothing marked complete (no manifest.json, locally or on S3).
 docs/bad-inputs.md lists the same table; a test keeps the two in step.
 
 Stand-ins: S3 is moto's server with IAM enforced, the Hub a local HTTP stand-in of its access endpoints (no local Hub
@@ -9,21 +9,27 @@ weights, CUDA out-of-memory on a machine without CUDA, SIGTERM at an exact step)
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
 import pytest
 
-from job import faults, training
+from job import cli, faults, logs, training
 from job.errors import ConfigInputError
 from job.faults import ENV as FAULTS
 from tests.conftest import REPO, job_env
@@ -435,11 +441,26 @@ def ctx(tmp_path, s3_server, hub_url) -> Context:
     return Context(tmp_path, s3_server, hub_url)
 
 
+def fresh_process_needed(attempt: Attempt) -> str | None:
+    """Why a case must run in a new interpreter, or None when `job.cli.main` can run it in this one."""
+    if attempt.bound_by_permissions:
+        return "it drops root's capabilities, which only a new process can do"
+    if "HF_ENDPOINT" in attempt.env:
+        return "huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE once, when it is imported"
+    if "sigterm" in attempt.env.get(FAULTS, ""):
+        return "the job signals its own process"
+    return None
+
+
 def run(ctx: Context, attempt: Attempt) -> subprocess.CompletedProcess:
+    """The case through the real command line: `job.cli.main(argv)` in this process where that is the same (as TRL's
+    test_cli does; it saves an interpreter start and the torch import per case), else `python -m job` in a new one."""
     home = ctx.root / "home"
     home.mkdir()
     env = job_env(HOME=str(home), HF_HOME=str(home / "hf"), **attempt.env)  # no stored Hub login, no AWS profile
     args = ["train", "--config", attempt.config, f"output.uri={ctx.out}", "output.run_name=bad", *attempt.overrides]
+    if fresh_process_needed(attempt) is None:
+        return run_in_process(args, env)
     prefix = []
     if attempt.bound_by_permissions and os.geteuid() == 0:
         if not shutil.which("setpriv"):
@@ -448,6 +469,43 @@ def run(ctx: Context, attempt: Attempt) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*prefix, sys.executable, "-m", "job", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
     )
+
+
+def run_in_process(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`job.cli.main(args)` with exactly `env` as the environment and REPO as the working folder, its stdout and
+    stderr captured; afterwards everything a run leaves in the process is put back: the environment (the job
+    exports HF_TOKEN), registered secrets, signal handlers, the log handler, the working folder, and boto3's default
+    session (it keeps the credentials it resolved first)."""
+    saved_env, saved_cwd, saved_boto = dict(os.environ), os.getcwd(), boto3.DEFAULT_SESSION
+    boto3.DEFAULT_SESSION = None
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved_secrets = set(logs._SECRETS)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(args)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_job_handler", False)]:
+            root.removeHandler(handler)  # bound to this case's stderr
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        boto3.DEFAULT_SESSION = saved_boto
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+        logs._SECRETS.clear()
+        logs._SECRETS.update(saved_secrets)
+    return subprocess.CompletedProcess(["python", "-m", "job", *args], code, out.getvalue(), err.getvalue())
 
 
 def manifests(ctx: Context) -> list[str]:
