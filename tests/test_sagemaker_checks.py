@@ -384,3 +384,18 @@ def test_volume_size_on_an_nvme_instance_warns(capsys: pytest.CaptureFixture[str
     rc, out, err = _dry_run(capsys, "--config", "test")
     assert rc == 0 and json.loads(out)["ResourceConfig"]["VolumeSizeInGB"] == sm_cli.DEFAULT_VOLUME_GB
     assert "--volume-size" not in err
+
+
+def test_the_request_botocore_sends_is_checked_once_more() -> None:
+    """The guard on provide-client-params.sagemaker.CreateTrainingJob, for what ModelTrainer itself adds."""
+    request = {
+        "TrainingJobName": "dialogsum-x-20261203120000",
+        "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": IMAGE},
+        "RoleArn": ROLE_ARN,
+        "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/exp/jobs"},
+        "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 100},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+    }
+    sm_cli._check_request_handler(request)
+    with pytest.raises(sm_cli.LaunchError, match=r"Tags\[0\]\.Value: \"a,b\" holds ','.*fix --tags"):
+        sm_cli._check_request_handler({**request, "Tags": [{"Key": "k", "Value": "a,b"}]})
