@@ -76,8 +76,12 @@ def _from_secrets_manager() -> tuple[str | None, str]:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    # An ARN names its region; a plain name is looked up in the job's own region.
-    region = secret_id.split(":")[3] if secret_id.startswith("arn:") and secret_id.count(":") >= 6 else None
+    # An ARN names its region (the launcher sends one); a plain name is looked up in the job's own region, from
+    # AWS_REGION as well: botocore itself reads only AWS_DEFAULT_REGION and the config file.
+    if secret_id.startswith("arn:") and secret_id.count(":") >= 6:
+        region = secret_id.split(":")[3]
+    else:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
     try:
         response = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)
     except ClientError as e:

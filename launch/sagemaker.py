@@ -4,25 +4,29 @@
     python -m launch sagemaker status|logs|fetch|stop JOB
 
 Everything that can be checked without spending money is checked first, all at once: the instance type, the
-config's GPU memory fit on its GPU, spot timing, the account's quota. `--dry-run` prints the CreateTrainingJob
-request and a cost estimate without calling AWS. Imports no torch.
+config's GPU memory fit on its GPU, spot timing, the region, the whole request against botocore's service model,
+then the account's quota and the execution role (the SDK's own validation), all before anything is uploaded.
+`--dry-run` prints the CreateTrainingJob request and a cost estimate without calling AWS. Imports no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import json
 import logging
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from job import config as config_mod
 from job import memory
-from launch import catalog
+from launch import catalog, service_model
 from launch import sagemaker_follow as follow_mod
 from launch import sagemaker_request as req
 from launch.sagemaker_follow import LaunchError
@@ -35,6 +39,31 @@ ECR_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^
 DEFAULT_SECRET_ID = "dialogsum-qlora/hf-token"
 GATED_PREFIXES = ("meta-llama/", "mistralai/", "google/gemma")
 COMMANDS = ("status", "logs", "fetch", "stop")
+DEFAULT_VOLUME_GB = 100
+NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
+"""Instance families whose NVMe instance storage SageMaker uses instead of an EBS volume of --volume-size."""
+
+# What the dry run shows where only AWS can answer, and the valid value of the same form it is checked as.
+ROLE_PLACEHOLDER = "<execution role: the SDK's default resolution (pass --role to choose)>"
+SECRET_SUFFIX_PLACEHOLDER = "<SUFFIX>"
+PLACEHOLDERS = service_model.PLACEHOLDER_VALUES | {
+    ROLE_PLACEHOLDER: "arn:aws:iam::123456789012:role/SageMakerTraining",
+    SECRET_SUFFIX_PLACEHOLDER: "AbC123",
+}
+# Which option or value a refused request field comes from.
+FIELD_FIXES = {
+    "TrainingJobName": "fix --name",
+    "RoleArn": "fix --role",
+    "HyperParameters": "the config values travel as hyperparameters: shorten or change that one",
+    "Tags": f"fix --tags (a tag holds letters, digits, spaces and {' '.join('_.:/=+-@')} only)",
+    "Environment": "fix --hf-token-secret",
+    "ResourceConfig": "fix --instance, --instance-count or --volume-size",
+    "StoppingCondition": "fix --max-run or --max-wait",
+    "OutputDataConfig": "fix --output",
+    "CheckpointConfig": "fix --output or --name",
+    "InputDataConfig": "fix --output or the data set / model path",
+    "AlgorithmSpecification": "fix --image",
+}
 
 EPILOG = """examples:
   python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot --dry-run
@@ -72,7 +101,12 @@ def submit_parser() -> argparse.ArgumentParser:
         metavar="HOURS",
         help="spot: give up after this long including waits (default 2 x max-run)",
     )
-    p.add_argument("--volume-size", type=int, default=100, metavar="GB", help="disk per instance (default 100)")
+    p.add_argument(
+        "--volume-size",
+        type=int,
+        metavar="GB",
+        help=f"EBS disk per instance (default {DEFAULT_VOLUME_GB}); ignored on NVMe instances (g4dn, g5, g6, p4d, ...)",
+    )
     p.add_argument("--instance-count", type=int, default=1, metavar="N", help="instances (the job trains on one: 1)")
     p.add_argument(
         "--image",
@@ -156,7 +190,7 @@ def _option_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--max-wait only applies to --spot jobs")
     if args.spot and args.max_wait is not None and args.max_wait < args.max_run:
         problems.append(f"--max-wait {args.max_wait:g} h must be at least --max-run {args.max_run:g} h")
-    if not 1 <= args.volume_size <= 16384:
+    if args.volume_size is not None and not 1 <= args.volume_size <= 16384:
         problems.append(f"--volume-size {args.volume_size}: must be 1-16384 GB")
     if args.image != "dlc" and not ECR_IMAGE.match(args.image):
         problems.append(
@@ -185,6 +219,11 @@ def _gpu_checks(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[
         problems.append(f"{fit} (or pass --ignore-memory-check)")
     elif fit:
         warnings.append(fit)
+    if args.volume_size is not None and inst.name.split(".")[1] in NVME_FAMILIES:
+        warnings.append(
+            f"--volume-size {args.volume_size}: ignored on {inst.name}, whose NVMe instance storage (of a fixed size) "
+            "holds /opt/ml; SageMaker provisions no EBS volume for it"
+        )
     if inst.gpu_count > 1 and args.image != "dlc":
         warnings.append(
             f"{inst.name} has {inst.gpu_count} GPUs; our image runs one process, which trains on one of them "
@@ -242,9 +281,69 @@ def job_config(cfg: config_mod.Config, output: str) -> config_mod.Config:
     return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=f"{output}/runs"))
 
 
-def make_plan(args: argparse.Namespace, cfg: config_mod.Config, region: str, output: str, role: str) -> req.Plan:
-    cfg, channels = req.channels_for(job_config(cfg, output), output)
+def region_problem(region: str, given: bool) -> str | None:
+    """A region botocore does not know SageMaker in (`us-est-1`), named before the SDK's image lookup fails on it."""
+    import boto3
+
+    session = boto3.Session()
+    known = {r for p in session.get_available_partitions() for r in session.get_available_regions("sagemaker", p)}
+    if region in known:
+        return None
+    where = "--region" if given else "region (from your AWS configuration)"
+    close = difflib.get_close_matches(region, sorted(known), n=2)
+    return (
+        f"{where} {region}: not a region SageMaker runs in (regions look like us-east-1, eu-west-2, ap-southeast-1)"
+        + (f"; did you mean {' or '.join(close)}?" if close else "")
+    )
+
+
+def request_problems(request: dict[str, Any]) -> list[str]:
+    """What the service model refuses in a CreateTrainingJob request, each line saying which option to fix."""
+    found = service_model.problems("sagemaker", "CreateTrainingJob", request, PLACEHOLDERS)
+    fixes = [FIELD_FIXES.get(re.split(r"[ .\[]", line.split(" ", 1)[1], maxsplit=1)[0]) for line in found]
+    return [f"{line}; {fix}" if fix else line for line, fix in zip(found, fixes, strict=True)]
+
+
+def shown_secret(args: argparse.Namespace, region: str) -> str | None:
+    """The secret's ARN as the dry run shows it: AWS adds a random suffix to a secret's name in its ARN."""
     secret = _uses_secret(args)
+    if secret is None or secret.startswith("arn:"):
+        return secret
+    return f"arn:aws:secretsmanager:{region}:{service_model.ACCOUNT_PLACEHOLDER}:secret:{secret}-{SECRET_SUFFIX_PLACEHOLDER}"
+
+
+def preview(args: argparse.Namespace, cfg: config_mod.Config, region: str) -> tuple[req.Plan, dict[str, Any], str]:
+    """The plan, request and job name with placeholders where only AWS can answer: what --dry-run prints."""
+    account = service_model.ACCOUNT_PLACEHOLDER
+    output = (args.output or f"s3://sagemaker-{region}-{account}/{DEFAULT_PREFIX}").rstrip("/")
+    if args.role:
+        role = args.role if args.role.startswith("arn:") else f"arn:aws:iam::{account}:role/{args.role}"
+    else:
+        role = ROLE_PLACEHOLDER
+    plan = make_plan(args, cfg, region, output, role, shown_secret(args, region))
+    job_name = f"{plan.base_job_name}-{service_model.STAMP_PLACEHOLDER}"
+    return plan, req.preview_request(plan, job_name), job_name
+
+
+def checked_preview(
+    args: argparse.Namespace, cfg: config_mod.Config, region: str
+) -> tuple[list[str], tuple[req.Plan, dict[str, Any], str] | None]:
+    """(problems, preview): the region, and the whole request against the service model, before anything is sent."""
+    problem = region_problem(region, given=bool(args.region))
+    if problem:
+        return [problem], None
+    try:
+        shown = preview(args, cfg, region)
+    except ValueError as e:  # the SDK's image table has no Hugging Face DLC there
+        return [f"--image dlc in {region}: {str(e).splitlines()[0]}; push our image there and pass --image URI"], None
+    return request_problems(shown[1]), shown
+
+
+def make_plan(
+    args: argparse.Namespace, cfg: config_mod.Config, region: str, output: str, role: str, secret: str | None
+) -> req.Plan:
+    """`secret`: the Hugging Face token secret's ARN, which the job reads in the secret's own region."""
+    cfg, channels = req.channels_for(job_config(cfg, output), output)
     max_run = _hours(args.max_run)
     max_wait = (_hours(args.max_wait) if args.max_wait else 2 * max_run) if args.spot else None
     tags = req.tags_for(cfg, args.config) | _parse_tags(args.tags)[0]
@@ -263,7 +362,7 @@ def make_plan(args: argparse.Namespace, cfg: config_mod.Config, region: str, out
         spot=args.spot,
         max_run_s=max_run,
         max_wait_s=min(max_wait, _hours(MAX_RUN_LIMIT_H)) if max_wait else None,
-        volume_gb=args.volume_size,
+        volume_gb=DEFAULT_VOLUME_GB if args.volume_size is None else args.volume_size,
         environment={req.SECRET_ENV: secret} if secret else {},
         channels=channels,
         tags=tags,
@@ -337,16 +436,18 @@ def console_url(region: str, job_name: str) -> str:
 # Commands
 
 
+def _report(problems: list[str]) -> int:
+    for problem in problems:
+        _err(problem)
+    return 2
+
+
 def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     region = region_of(args, dry_run=True)
-    output = (args.output or f"s3://sagemaker-{region}-<ACCOUNT_ID>/{DEFAULT_PREFIX}").rstrip("/")
-    if args.role:
-        role = args.role if args.role.startswith("arn:") else f"arn:aws:iam::<ACCOUNT_ID>:role/{args.role}"
-    else:
-        role = "<execution role: the SDK's default resolution (pass --role to choose)>"
-    plan = make_plan(args, cfg, region, output, role)
-    job_name = f"{plan.base_job_name}-<yyyymmddHHMMSS>"
-    request = req.preview_request(plan, job_name)
+    problems, shown = checked_preview(args, cfg, region)
+    if problems or shown is None:
+        return _report(problems)
+    plan, request, job_name = shown
     refuse_secrets(request)
     print(json.dumps(request, indent=2))
     if plan.distributed:
@@ -369,28 +470,34 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     import boto3
 
     region = region_of(args, dry_run=False)
+    problems, _ = checked_preview(args, cfg, region)
+    if problems:
+        return _report(problems)
     boto = boto3.Session(region_name=region)
     inst = catalog.instance(args.instance)
     warning = follow_mod.check_quota(boto.client("service-quotas"), region, inst.name, args.instance_count, args.spot)
     if warning:
         _note(f"warning: {warning}")
 
-    secret_id = _uses_secret(args)
+    secret_id, secret = _uses_secret(args), None
     if secret_id:
         secrets = boto.client("secretsmanager")
         if args.create_secret:
-            arn = follow_mod.store_secret(secrets, secret_id, os.environ["HF_TOKEN"])
-            _note(f"stored HF_TOKEN in secret {arn}")
+            secret = follow_mod.store_secret(secrets, secret_id, os.environ["HF_TOKEN"])
+            _note(f"stored HF_TOKEN in secret {secret}")
             _note("the execution role needs this permission (add it as an inline policy):")
-            _note(json.dumps(follow_mod.role_policy_for_secret(arn), indent=2))
+            _note(json.dumps(follow_mod.role_policy_for_secret(secret), indent=2))
         else:
-            follow_mod.secret_arn(secrets, secret_id)
+            secret = follow_mod.secret_arn(secrets, secret_id)
 
     if args.output:
         check_bucket(boto.client("s3"), args.output, region)
     session = sagemaker_session(boto, args.output)
     output = args.output.rstrip("/") if args.output else f"s3://{session.default_bucket()}/{DEFAULT_PREFIX}"
-    plan = make_plan(args, cfg, region, output, args.role or "")
+    plan = make_plan(args, cfg, region, output, resolve_role(args.role, session), secret)
+    problems = request_problems(req.preview_request(plan, f"{plan.base_job_name}-{service_model.STAMP_PLACEHOLDER}"))
+    if problems:
+        return _report(problems)
     s3 = boto.client("s3")
     for channel in plan.channels:
         if not channel.source.startswith("s3://"):
@@ -399,6 +506,7 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 
     refuse_secrets(req.preview_request(plan, plan.base_job_name))
     boto.events.register("provide-client-params.sagemaker.CreateTrainingJob", _refuse_secrets_handler)
+    boto.events.register("provide-client-params.sagemaker.CreateTrainingJob", _check_request_handler)
     job_name = create_job(plan, session)
     print(f"submitted {job_name}")
     tag_run(boto.client("sagemaker"), job_name)
@@ -423,6 +531,13 @@ def tag_run(sm: Any, job_name: str) -> None:
 
 def _refuse_secrets_handler(params: dict[str, Any], **_: Any) -> None:
     refuse_secrets(params)
+
+
+def _check_request_handler(params: dict[str, Any], **_: Any) -> None:
+    """The request ModelTrainer really sends, checked once more against the service model."""
+    problems = request_problems(params)
+    if problems:
+        raise LaunchError(" / ".join(problems))
 
 
 def _job_stub(plan: req.Plan, job_name: str) -> dict[str, Any]:
@@ -463,23 +578,50 @@ def sagemaker_session(boto: Any, output: str | None):
     return Session(boto_session=boto, default_bucket=bucket, default_bucket_prefix=prefix or None)
 
 
-def create_job(plan: req.Plan, session: Any) -> str:
+def role_error(message: str, role: str | None) -> str:
+    """The SDK's role validation message in one line: what is wrong (the missing permissions by name) and the fix."""
+    lines = message.strip().split("\n\n", 1)[0].splitlines() or ["no execution role could be resolved"]
+    # "Required permissions: <every action>" (when nothing is known to be missing) is the whole policy: leave it to the docs.
+    what = " ".join(line.strip() for line in lines if not line.startswith("Required permissions:")).rstrip(".")
+    if "Missing permissions:" in what:
+        fix = "add them to the role's policy (docs/sagemaker.md, step 1, has the whole policy)"
+    elif "trust policy" in what:
+        fix = "let sagemaker.amazonaws.com assume the role (its trust policy: docs/sagemaker.md, step 1)"
+    elif role:
+        fix = "grant the role the permissions above (docs/sagemaker.md, step 1)"
+    else:
+        fix = "pass --role NAME_OR_ARN (docs/sagemaker.md, step 1, creates one)"
+    return f"{'--role ' + role if role else 'execution role'}: {what}; {fix}"
+
+
+def resolve_role(role: str | None, session: Any) -> str:
+    """The execution role's ARN, validated by the SDK's own check before anything is uploaded."""
+    from sagemaker.train.defaults import TrainDefaults
+
+    with _role_errors(role):
+        return TrainDefaults.get_role(role=role or None, sagemaker_session=session)
+
+
+@contextlib.contextmanager
+def _role_errors(role: str | None) -> Iterator[None]:
+    """The SDK's role errors (RoleValidationError; ValueError for a role that does not exist) as one line each."""
     from sagemaker.core.helper.iam_role_resolver import RoleValidationError
 
+    try:
+        yield
+    except RoleValidationError as e:
+        raise LaunchError(role_error(str(e), role)) from None
+    except ValueError as e:
+        if role:
+            raise LaunchError(f"--role {role}: {str(e).splitlines()[0]}") from None
+        raise
+
+
+def create_job(plan: req.Plan, session: Any) -> str:
     with tempfile.TemporaryDirectory(prefix="dialogsum-sm-") as tmp:
         source = None if plan.own_image else req.stage_source(plan.cfg, Path(tmp))
-        try:
+        with _role_errors(plan.role):
             trainer = req.model_trainer(plan, session, source)
-        except RoleValidationError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else "no role could be resolved"
-            raise LaunchError(
-                f"no usable SageMaker execution role ({first}); pass --role arn:aws:iam::ACCOUNT:role/NAME "
-                "(docs/sagemaker.md shows how to create one)"
-            ) from None
-        except ValueError as e:
-            if plan.role:
-                raise LaunchError(f"--role {plan.role}: {str(e).splitlines()[0]}") from None
-            raise
         trainer.train(wait=False, logs=False)
         return trainer._latest_training_job.training_job_name
 

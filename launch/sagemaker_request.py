@@ -21,6 +21,7 @@ from typing import Any
 import job
 from job import config as config_mod
 from job.config import Config
+from launch import service_model
 
 PROJECT = "dialogsum-qlora"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -242,13 +243,10 @@ def default_image(region: str, instance_type: str) -> str:
 
 
 def tags_for(cfg: Config, config_name: str) -> dict[str, str]:
-    """The project, the config it ran and its hash, and where the run folder (named after the job) lands."""
-    return {
-        "project": PROJECT,
-        "config": Path(config_name).name[:256],
-        "config-hash": cfg.hash(),
-        "runs": cfg.output.uri[:256],
-    }
+    """The project, the config it ran and its hash, and where the run folder (named after the job) lands; any
+    character a tag may not hold (`my(run).yaml`) becomes `-`."""
+    tags = {"project": PROJECT, "config": Path(config_name).name, "config-hash": cfg.hash(), "runs": cfg.output.uri}
+    return {key: service_model.tag_safe(value)[:256] for key, value in tags.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,7 +285,6 @@ def preview_request(plan: Plan, job_name: str) -> dict[str, Any]:
         "HyperParameters": plan.hyperparameters,
         "AlgorithmSpecification": algorithm,
         "RoleArn": plan.role,
-        "InputDataConfig": channels,
         "OutputDataConfig": {"S3OutputPath": plan.jobs_uri, "CompressionType": "NONE"},
         "ResourceConfig": {
             "InstanceType": plan.instance_type,
@@ -299,6 +296,8 @@ def preview_request(plan: Plan, job_name: str) -> dict[str, Any]:
         "Tags": [{"Key": k, "Value": v} for k, v in plan.tags.items()],
         "EnableManagedSpotTraining": plan.spot,
     }
+    if channels:  # ModelTrainer sends none rather than an empty list, which the service refuses
+        request["InputDataConfig"] = channels
     if plan.spot:
         request["CheckpointConfig"] = {"S3Uri": f"{staging}/checkpoints", "LocalPath": CHECKPOINT_DIR}
     if plan.environment:

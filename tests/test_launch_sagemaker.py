@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -27,6 +28,7 @@ from job import config, logs
 from launch import sagemaker as sm_cli
 from launch import sagemaker_follow as follow
 from launch import sagemaker_request as req
+from launch import service_model
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_3B = str(REPO / "job" / "presets" / "llama-3.2-3b-qlora.yaml")
@@ -211,7 +213,10 @@ def test_dry_run_without_credentials_or_torch(tmp_path: Path) -> None:
     assert stop["MaxWaitTimeInSeconds"] >= stop["MaxRuntimeInSeconds"] == 24 * 3600
     assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
     assert request["HyperParameters"]["lora.r"] == "32"
-    assert request["Environment"] == {"HF_TOKEN_SECRET_ID": "hf/token"}
+    # The job gets the secret's ARN (AWS adds the suffix), so it reads the secret in the secret's own region.
+    assert request["Environment"] == {
+        "HF_TOKEN_SECRET_ID": "arn:aws:secretsmanager:eu-west-1:<ACCOUNT_ID>:secret:hf/token-<SUFFIX>"
+    }
     assert "<ACCOUNT_ID>" in request["OutputDataConfig"]["S3OutputPath"]
     assert "cost: ~$" in done.stderr and "as of" in done.stderr and "nothing was sent to AWS" in done.stderr
     assert "would store the local HF_TOKEN" in done.stderr
@@ -313,9 +318,13 @@ def test_submit_sends_the_request_the_dry_run_showed(aws, tmp_path: Path, capsys
     assert out.out.startswith(f"submitted {job_name}")
     assert re.fullmatch(r"dialogsum-[0-9a-f]{8}-\d{14}", job_name)
 
-    # The dry run showed exactly this request, up to the name SageMaker's SDK stamps at submission.
+    # The dry run showed exactly this request, up to the name SageMaker's SDK stamps at submission and the
+    # secret's ARN, which AWS makes.
     stamp = job_name.rsplit("-", 1)[1]
-    assert json.loads(json.dumps(shown).replace("<yyyymmddHHMMSS>", stamp)) == sent
+    arn = sent["Environment"]["HF_TOKEN_SECRET_ID"]
+    filled = {"<yyyymmddHHMMSS>": stamp, "<ACCOUNT_ID>": "123456789012", "<SUFFIX>": arn.rsplit("-", 1)[1]}
+    assert json.loads(json.dumps(shown).replace("<yyyymmddHHMMSS>", stamp)) != sent
+    assert service_model.with_placeholders_filled(shown, filled) == sent
 
     # Image, instance, spot with max_wait >= max_run and a checkpoint URI of this run only.
     algo = sent["AlgorithmSpecification"]
@@ -340,7 +349,7 @@ def test_submit_sends_the_request_the_dry_run_showed(aws, tmp_path: Path, capsys
     tags = {t["Key"]: t["Value"] for t in sent["Tags"]}
     assert tags["project"] == "dialogsum-qlora" and tags["team"] == "nlp" and tags["config"] == "test"
     assert tags["config-hash"] == cfg.hash() and tags["runs"] == f"s3://{BUCKET}/exp/runs"
-    assert sent["Environment"] == {"HF_TOKEN_SECRET_ID": "team/hf"}
+    assert sent["Environment"] == {"HF_TOKEN_SECRET_ID": arn} and arn.startswith("arn:aws:secretsmanager:us-east-1:")
     sm = aws["session"].client("sagemaker")
     arn = sm.describe_training_job(TrainingJobName=job_name)["TrainingJobArn"]
     assert {"Key": "run", "Value": job_name} in sm.list_tags(ResourceArn=arn)["Tags"]  # added once the name is known
@@ -428,6 +437,9 @@ def test_torchrun_entry_script_runs_the_job_with_sm_hps_only(
     from job import runtime
 
     code = req.stage_source(config.resolve("test"), tmp_path / "code")
+    # The job adds its stderr handler (this test's captured stream) to the root logger: keep it to this test.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
     monkeypatch.setattr(runtime, "OPT_ML", tmp_path / "opt_ml")
     monkeypatch.chdir(code)
     monkeypatch.setenv("SM_HPS", json.dumps({"lora.rank": "8"}))
@@ -510,7 +522,7 @@ def test_missing_role_says_what_to_pass(aws, capsys: pytest.CaptureFixture[str])
     ]
     assert sm_cli.main(argv) == 1
     err = capsys.readouterr().err
-    assert "--role arn:aws:iam::" in err and "Traceback" not in err
+    assert "No IAM role could be resolved" in err and "pass --role NAME_OR_ARN" in err and "Traceback" not in err
     assert aws["requests"] == []
 
 

@@ -277,3 +277,20 @@ def test_secret_arn_is_read_in_its_own_region(monkeypatch, caplog):
         monkeypatch.setenv("HF_TOKEN_SECRET_ID", arn)  # the job's region is us-east-1
         token, _ = resolved(caplog)
     assert token == TOKEN
+
+
+def test_a_secret_name_is_read_in_the_region_of_aws_region(monkeypatch, caplog, tmp_path):
+    """botocore reads AWS_DEFAULT_REGION but not AWS_REGION; the job reads both (AWS_REGION first)."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with mock_aws():
+        boto3.client("secretsmanager", region_name="eu-west-1").create_secret(Name="hf/token", SecretString=TOKEN)
+        monkeypatch.setenv("HF_TOKEN_SECRET_ID", "hf/token")
+        monkeypatch.delenv("AWS_REGION", raising=False)
+        with pytest.raises(AuthError, match="a region \\(AWS_REGION, or give the secret's ARN\\)"):
+            secrets.resolve_hf_token()
+        monkeypatch.setenv("AWS_REGION", "eu-west-1")
+        token, logged = resolved(caplog)
+        assert token == TOKEN and "(hf/token)" in logged
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # AWS_REGION wins, as in the AWS CLI and SDKs
+        assert resolved(caplog)[0] == TOKEN
