@@ -271,7 +271,7 @@ def test_resume_from_a_version_that_cannot_be_continued_is_refused_before_pushin
     resumable(api, status, files, failure)
     answer(api, "GetAcceleratorQuotaStatistics", quota(1))
     answer(api, "SaveKernel", {"ref": f"/code/{KERNEL}", "url": "u", "versionNumber": 4})
-    assert kaggle.main(["--config", "test", "--kernel", KERNEL, "--folder", "k", "--resume", "--wait"]) == 1
+    assert kaggle.main(["--config", "test", "--kernel", KERNEL, "--folder", "k", "--resume"]) == 1
     err = capsys.readouterr().err
     (line,) = err.strip().splitlines()
     assert line.startswith(f"error: --resume: the newest version of {KERNEL} ") and message in line
