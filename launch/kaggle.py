@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from job import config as config_mod
-from job import memory, runtime
+from job import memory, runtime, tables
 from launch import catalog
 from launch.kaggle_kernel import SESSION_LIMIT_FILE
 
@@ -506,7 +506,7 @@ def transient(e: Exception) -> bool:
 def finish(api: Any, kernel: Kernel, version: int | None, status: str, failure: str | None, out: Path) -> int:
     if status == "COMPLETE":
         run_dir = fetch(api, kernel, version, out)
-        print(rouge_table(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))))
+        print(tables.summary(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))))
         print(run_dir, flush=True)
         return 0
     print(f"{kernel.ref}: {status}" + (f": {failure}" if failure else ""), file=sys.stderr)
@@ -618,28 +618,6 @@ def manifest_problems(run_dir: Path) -> list[str]:
         elif path.stat().st_size != entry["size"] or hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
             problems.append(f"changed {entry['path']}")
     return problems
-
-
-def rouge_table(metrics: dict[str, Any]) -> str:
-    """base vs fine-tuned ROUGE with 95% intervals, from metrics.json."""
-    base, tuned = metrics.get("base"), metrics["finetuned"]
-    scorer = metrics.get("scorer", {})
-    lines = [
-        f"ROUGE on {scorer.get('n_dialogues', '?')} dialogues ({scorer.get('n_references', '?')} references), "
-        "95% bootstrap intervals",
-        f"{'metric':<10} {'base':<24} {'fine-tuned':<24} change",
-    ]
-
-    def cell(block: dict[str, Any] | None, m: str) -> str:
-        if not block:
-            return "-"
-        low, high = block["ci95"][m]
-        return f"{block[m]:.4f} [{low:.3f}, {high:.3f}]"
-
-    for m in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        change = f"{tuned[m] - base[m]:+.4f}" if base else "-"
-        lines.append(f"{m:<10} {cell(base, m):<24} {cell(tuned, m):<24} {change}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -414,7 +414,11 @@ def test_wait_follows_queued_running_complete_and_fetches(creds, api, capsys):
     for name, data in files.items():
         assert (run_dir / name.split("/", 2)[2]).read_bytes() == data
     assert Path("fetched/dialogsum-test-1234abcd.kaggle-v7.log").is_file()
-    assert re.search(r"rouge1\s+0\.2050 \[0\.155, 0\.255\]\s+0\.4100 \[0\.370, 0\.450\]\s+\+0\.2050", captured.out)
+    # the ROUGE table in percent, as report.md and `launch sagemaker` show it (job.tables)
+    assert "ROUGE (F-measure x 100) on 6 dialogues (18 references)" in captured.out
+    assert re.search(r"^base \(zero-shot\)\s+20\.50 \(15\.50-25\.50\)\s+8\.50 \(3\.50-13\.50\)", captured.out, re.M)
+    assert re.search(r"^fine-tuned\s+41\.00 \(37\.00-45\.00\)\s+17\.00 \(13\.00-21\.00\)", captured.out, re.M)
+    assert re.search(r"^change \(fine-tuned - base\)\s+\+20\.50\s+\+8\.50\s+\+16\.50\s+\+17\.50$", captured.out, re.M)
     assert captured.out.strip().splitlines()[-1] == str(run_dir)
 
 
@@ -499,7 +503,7 @@ def test_fetch_later_pins_the_version(creds, api, capsys):
         "versionLabel": "v5",
     }
     assert Path("fetched/r1/manifest.json").is_file()
-    assert "rouge1" in capsys.readouterr().out
+    assert re.search(r"^fine-tuned\s+41\.00 \(37\.00-45\.00\)", capsys.readouterr().out, re.M)
 
 
 def test_fetch_of_a_running_version_says_to_wait(creds, api, capsys):
