@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from job import config as config_mod
-from job import memory, runtime
+from job import memory, runtime, tables
 from launch import catalog
 from launch.kaggle_kernel import SESSION_LIMIT_FILE
 
@@ -344,33 +344,77 @@ def api_error(e: Exception, doing: str) -> LaunchError:
     return LaunchError(f"{doing}: {e}", 2)
 
 
-def push(api: Any, folder: Path) -> tuple[str, int | None]:
-    """kernels_push; the client does not raise on server-side refusals, so `error` and `invalid_*` are checked."""
+# What a source Kaggle could not attach means for the version, which is saved and runs without it.
+SOURCE_FIELDS = {
+    "invalid_kernel_sources": "kernel source",
+    "invalid_dataset_sources": "dataset source",
+    "invalid_model_sources": "model source",
+    "invalid_competition_sources": "competition source",
+    "invalid_tags": "keyword",
+}
+
+
+def push(api: Any, folder: Path, kernel: Kernel, resume: bool) -> tuple[str, int | None, list[str]]:
+    """kernels_push -> (url, version, warnings). The client does not raise on a server-side refusal: `error` set means
+    nothing was saved. The `invalid_*` lists come with a version that was saved and runs without those sources (the
+    client itself only prints them), so each becomes a warning saying what the version lacks."""
     try:
         response = api.kernels_push(str(folder))
     except Exception as e:  # noqa: BLE001
         raise api_error(e, "pushing the kernel") from None
-    problems = []
     if response.error:
-        problems.append(response.error)
-    for field in (
-        "invalid_dataset_sources",
-        "invalid_kernel_sources",
-        "invalid_model_sources",
-        "invalid_competition_sources",
-        "invalid_tags",
-    ):
-        bad = list(getattr(response, field, None) or [])
-        if bad:
-            what = field.removeprefix("invalid_").replace("_", " ").rstrip("s")
-            hint = " (a --resume needs a finished version of this kernel with output)" if "kernel" in field else ""
-            problems.append(f"Kaggle did not accept the {what}s {', '.join(bad)}{hint}")
-    if problems:
-        message = "Kaggle refused the push: " + "; ".join(problems)
+        message = f"Kaggle refused the push: {response.error}"
         if "phone" in message.lower():
             message += " (verify your phone at https://www.kaggle.com/settings)"
         raise LaunchError(message, 3)
-    return response.url, response.version_number
+    where = f"version {response.version_number}" if response.version_number else "the new version"
+    warnings = []
+    for field, what in SOURCE_FIELDS.items():
+        for bad in getattr(response, field, None) or []:
+            if resume and field == "invalid_kernel_sources" and bad == kernel.ref:
+                meaning = (
+                    "the previous version's checkpoints are not mounted, so it starts the run from the beginning "
+                    "and spends GPU quota on steps already done"
+                )
+            else:
+                meaning = "it runs without it"
+            warnings.append(f"Kaggle did not attach the {what} {bad} to {where}: {meaning}")
+    return response.url, response.version_number, warnings
+
+
+def check_resumable(api: Any, kernel: Kernel) -> None:
+    """A `--resume` version mounts the output of the kernel's newest version: refuse, before anything is pushed, when
+    that version has not ended COMPLETE or left no checkpoints, since the new version would start over."""
+    import requests
+
+    command = f"python -m launch kaggle status {kernel.ref} --wait"
+    try:
+        status, failure = session_status(api, kernel, None)
+    except Exception as e:  # noqa: BLE001
+        if isinstance(e, requests.HTTPError) and e.response is not None and e.response.status_code == 404:
+            raise LaunchError(
+                f"--resume: {kernel.ref} has no version to resume from; push it without --resume"
+            ) from None
+        raise api_error(e, "--resume: reading the status of the version to resume from") from None
+    newest = f"the newest version of {kernel.ref}"
+    if status not in TERMINAL:
+        raise LaunchError(
+            f"--resume: {newest} is still {status}; wait until it ends (`{command}`), then push again with --resume", 1
+        )
+    if status != "COMPLETE":
+        why = f": {failure}" if failure else ""
+        raise LaunchError(
+            f"--resume: {newest} ended {status}{why}, not COMPLETE, so there is no run to continue: see "
+            f"{kernel.url}/log, fix the cause and push without --resume to start the run over",
+            1,
+        )
+    try:
+        files, _ = session_output(api, kernel, None)
+    except Exception as e:  # noqa: BLE001
+        raise api_error(e, "--resume: listing the output of the version to resume from") from None
+    if not any(f.file_name.startswith("checkpoints/") for f in files):
+        held = "has no output" if not files else "left no checkpoints in its output"
+        raise LaunchError(f"--resume: {newest} {held}, so a resumed version would start over; push without --resume", 1)
 
 
 def _session_request(cls_name: str, kernel: Kernel, version: int | None) -> Any:
@@ -462,7 +506,7 @@ def transient(e: Exception) -> bool:
 def finish(api: Any, kernel: Kernel, version: int | None, status: str, failure: str | None, out: Path) -> int:
     if status == "COMPLETE":
         run_dir = fetch(api, kernel, version, out)
-        print(rouge_table(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))))
+        print(tables.summary(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))))
         print(run_dir, flush=True)
         return 0
     print(f"{kernel.ref}: {status}" + (f": {failure}" if failure else ""), file=sys.stderr)
@@ -576,28 +620,6 @@ def manifest_problems(run_dir: Path) -> list[str]:
     return problems
 
 
-def rouge_table(metrics: dict[str, Any]) -> str:
-    """base vs fine-tuned ROUGE with 95% intervals, from metrics.json."""
-    base, tuned = metrics.get("base"), metrics["finetuned"]
-    scorer = metrics.get("scorer", {})
-    lines = [
-        f"ROUGE on {scorer.get('n_dialogues', '?')} dialogues ({scorer.get('n_references', '?')} references), "
-        "95% bootstrap intervals",
-        f"{'metric':<10} {'base':<24} {'fine-tuned':<24} change",
-    ]
-
-    def cell(block: dict[str, Any] | None, m: str) -> str:
-        if not block:
-            return "-"
-        low, high = block["ci95"][m]
-        return f"{block[m]:.4f} [{low:.3f}, {high:.3f}]"
-
-    for m in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        change = f"{tuned[m] - base[m]:+.4f}" if base else "-"
-        lines.append(f"{m:<10} {cell(base, m):<24} {cell(tuned, m):<24} {change}")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -688,6 +710,8 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
         )
     api = None if args.dry_run else connect()
     kernel = kernel_for(args, api)
+    if args.resume and api is not None:
+        check_resumable(api, kernel)
     cfg = for_kaggle(cfg, kernel)
     folder = args.folder or Path("build") / "kaggle" / kernel.slug
     meta = write_kernel_folder(folder, cfg, kernel, args.accelerator, args.public, args.resume)
@@ -714,8 +738,10 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
         return 0
 
     print(quota_line(api, hours))
-    url, version = push(api, folder)
+    url, version, push_warnings = push(api, folder, kernel, args.resume)
     print(f"pushed {kernel.ref} version {version}: {url}", flush=True)
+    for w in push_warnings:
+        print(f"WARNING: {w}", file=sys.stderr, flush=True)
     if not args.wait:
         print(f"follow it: python -m launch kaggle status {kernel.ref}/{version} --wait")
         return 0

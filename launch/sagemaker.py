@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from job import config as config_mod
-from job import memory
+from job import memory, tables
 from launch import catalog, service_model
 from launch import sagemaker_follow as follow_mod
 from launch import sagemaker_request as req
@@ -635,7 +635,7 @@ def watch(sm: Any, logs: Any, s3: Any, job_name: str, poll_s: float = 15.0) -> i
         if metrics is None:
             _note(f"no metrics.json at {follow_mod.run_folder_uri(job)}")
             return 1
-        print(follow_mod.rouge_table(metrics))
+        print(tables.summary(metrics))
         print(follow_mod.run_folder_uri(job))
         return 0
     if job["TrainingJobStatus"] == "Failed":
@@ -662,7 +662,7 @@ def run_command(argv: list[str]) -> int:
         if job["TrainingJobStatus"] == "Completed":
             metrics = follow_mod.read_metrics(boto.client("s3"), job)
             if metrics:
-                print(follow_mod.rouge_table(metrics))
+                print(tables.summary(metrics))
             print(follow_mod.run_folder_uri(job))
         elif job["TrainingJobStatus"] == "Failed":
             lines = follow_mod.last_log_lines(boto.client("logs"), args.job)

@@ -24,7 +24,6 @@ log = logging.getLogger("launch.sagemaker")
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
 RUNS = "runs"
-ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 class LaunchError(Exception):
@@ -148,27 +147,6 @@ def read_metrics(s3, job: dict[str, Any]) -> dict[str, Any] | None:
     except ClientError:
         return None
     return json.loads(body)
-
-
-def _cell(block: dict[str, Any], metric: str) -> str:
-    """`23.45 (21.10-25.80)`: the score and its 95% interval in percent, as report.md shows them."""
-    value = block.get(metric)
-    if not isinstance(value, (int, float)):
-        return "-"
-    ci = (block.get("ci95") or {}).get(metric)
-    interval = f" ({100 * ci[0]:.2f}-{100 * ci[1]:.2f})" if isinstance(ci, list) and len(ci) == 2 else ""
-    return f"{100 * value:.2f}{interval}"
-
-
-def rouge_table(metrics: dict[str, Any]) -> str:
-    """Base (zero-shot) vs fine-tuned ROUGE in percent with 95% intervals, and the change."""
-    base, tuned = metrics.get("base") or {}, metrics.get("finetuned") or {}
-    lines = [f"{'ROUGE':<10} {'base':>21} {'fine-tuned':>21} {'change':>7}"]
-    for m in ROUGE:
-        b, t = base.get(m), tuned.get(m)
-        change = f"{100 * (t - b):+.2f}" if isinstance(b, (int, float)) and isinstance(t, (int, float)) else ""
-        lines.append(f"{m:<10} {_cell(base, m):>21} {_cell(tuned, m):>21} {change:>7}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -643,7 +643,9 @@ def test_wait_follows_to_completed_and_prints_rouge(capsys: pytest.CaptureFixtur
     assert positions == sorted(positions)
     assert out.count("[Starting]") == 1  # each transition once
     assert f"{NAME}: Completed, billable 0.50 h" in out
-    assert re.search(r"rouge1\s+25\.12 \(24\.00-26\.00\)\s+46\.33\s+\+21\.21", out)
+    assert re.search(r"^base \(zero-shot\)\s+25\.12 \(24\.00-26\.00\)\s+8\.11\s+20\.13\s+22\.04$", out, re.M)
+    assert re.search(r"^fine-tuned\s+46\.33\s+21\.05\s+38\.11\s+39\.02$", out, re.M)
+    assert re.search(r"^change \(fine-tuned - base\)\s+\+21\.21\s+\+12\.94\s+\+17\.98\s+\+16\.98$", out, re.M)
     assert out.rstrip().endswith(f"s3://{BUCKET}/exp/runs/{NAME}/")
 
 
@@ -842,11 +844,11 @@ def test_launch_run_like_sagemaker_and_fetch(moto_server, tmp_path: Path, capsys
     clients = session.client("sagemaker"), session.client("logs"), session.client("s3")
     assert sm_cli.watch(*clients, job_name, poll_s=0) == 0  # what --wait prints at the end
     watched = capsys.readouterr().out
-    assert re.search(r"^rouge1\s+\d+\.\d\d \(", watched, re.MULTILINE)
+    assert re.search(r"^fine-tuned\s+\d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\)", watched, re.MULTILINE)
 
     assert sm_cli.main(["status", job_name, "--region", REGION]) == 0
     status = capsys.readouterr().out
-    assert f"{job_name}: Completed" in status and "rougeLsum" in status
+    assert f"{job_name}: Completed" in status and "ROUGE-Lsum" in status
     assert status.rstrip().endswith(f"s3://{BUCKET}/e2e/runs/{job_name}/")
 
     assert sm_cli.main(["fetch", job_name, "--to", str(tmp_path / "fetched"), "--region", REGION]) == 0
