@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +101,20 @@ def test_the_entrypoint_runs_the_job_package_and_exits_143_on_sigterm(tmp_path):
     assert done.returncode == 143, done.stderr
     assert done.stdout.splitlines() == ["args ['train', '--config', 'smoke']"]
     assert time.monotonic() - started < 20
+
+
+def test_the_job_exits_143_on_sigterm_during_start_up_without_the_entrypoint():
+    """`python -m job` itself (the DLC's command, a plain `docker run ... python -m job`): a stop while it is still
+    importing ends it at once with 143, not by the signal (-15) and not after the run."""
+    from tests.conftest import job_env
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "job", "train", "--config", "smoke"], env=job_env(), cwd=ROOT, stderr=subprocess.PIPE
+    )
+    time.sleep(1.0)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 143
 
 
 # ----------------------------------------------------------------------------------------------
