@@ -5,7 +5,8 @@
 
 # The official PyTorch CUDA *runtime* image: no compilers (several GB smaller than -devel), torch 2.8 meets
 # transformers 5's torch>=2.6, and CUDA 12.8 is one of the builds bitsandbytes 0.50 ships 4-bit kernels for
-# (libbitsandbytes_cuda128: T4 and A10G through H100 and Blackwell). Its CUDA torch is kept as is.
+# (libbitsandbytes_cuda128: T4 and A10G through H100 and Blackwell). Its CUDA torch is kept as is. The DLC of
+# `launch sagemaker --image dlc` has torch 2.9.0 (CUDA 13.0) with the same pins otherwise: docs/sagemaker.md#versions.
 ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
 FROM ${BASE_IMAGE} AS python

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -355,11 +356,18 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return tree
 
 
+PLATFORM_HYPERPARAMETER = re.compile(r"^(_tuning_objective_metric$|sagemaker_)")
+"""Keys SageMaker itself adds (automatic model tuning's objective, `sagemaker_*` settings): not config keys."""
+
+
 def hyperparameter_overrides(hps: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """SageMaker hyperparameters (string values, dotted keys) into (config name, nested overrides)."""
+    """SageMaker hyperparameters (string values, dotted keys) into (config name, nested overrides); the keys
+    SageMaker adds itself are left out."""
     config_name = None
     tree: dict[str, Any] = {}
     for key, raw in hps.items():
+        if PLATFORM_HYPERPARAMETER.match(key):
+            continue
         value = parse_scalar(raw) if isinstance(raw, str) else raw
         if key == "config":
             config_name = str(value)

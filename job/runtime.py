@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,13 +31,25 @@ def platform() -> str:
 
 
 def hyperparameters() -> dict[str, Any]:
-    """SageMaker hyperparameters: `SM_HPS` (set by SageMaker's drivers) or the JSON file the platform writes."""
-    if os.environ.get("SM_HPS"):
-        return json.loads(os.environ["SM_HPS"])
+    """SageMaker hyperparameters: the JSON file the platform writes, string values exactly as sent; `SM_HPS` only
+    where that file is absent. SageMaker's drivers set `SM_HPS` with each value JSON-decoded once more (the
+    string "1234" becomes a number there), so it is never preferred over the file."""
     path = OPT_ML / "input" / "config" / "hyperparameters.json"
     if path.is_file():
         return json.loads(path.read_text())
+    if os.environ.get("SM_HPS"):
+        return json.loads(os.environ["SM_HPS"])
     return {}
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end this process at once with exit code 143, also as PID 1 (where the kernel drops a signal
+    that has no handler). For the start-up: training replaces this with its checkpointing handler."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def default_run_name(config_hash: str, now: datetime | None = None) -> str:

@@ -448,8 +448,10 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     if problems or shown is None:
         return _report(problems)
     plan, request, job_name = shown
-    refuse_secrets(request)
+    refuse_secrets([request, plan.cfg.to_dict()])  # the config also travels as config.yaml in the code channel
     print(json.dumps(request, indent=2))
+    if not plan.own_image:
+        code_channel_notes(plan, request)
     if plan.distributed:
         _note(
             f"torchrun: {plan.processes_per_node} process(es) per instance x {plan.instance_count} instance(s) "
@@ -464,6 +466,19 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         _note(f"region: {region} (pass --region to choose another)")
     _note("dry run: nothing was sent to AWS")
     return 0
+
+
+def code_channel_notes(plan: req.Plan, request: dict[str, Any]) -> None:
+    """What the DLC job gets besides the request: its whole config and the versions it installs."""
+    files = req.code_channel_files(plan.cfg)
+    code = next(c for c in request["InputDataConfig"] if c["ChannelName"] == "code")
+    _note(f"code channel {code['DataSource']['S3DataSource']['S3Uri']}: job/, {', '.join(files)}")
+    _note(f"{req.CONFIG_FILE} (the job's whole config on the DLC; no hyperparameters):")
+    for line in files[req.CONFIG_FILE].splitlines():
+        _note(f"  {line}")
+    _note(f"{req.REQUIREMENTS_FILE} (installed at start, the image's pins; torch stays the DLC's {req.DLC_TORCH}):")
+    for line in files[req.REQUIREMENTS_FILE].splitlines():
+        _note(f"  {line}")
 
 
 def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
@@ -504,7 +519,7 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             uploaded = follow_mod.upload_channel(s3, Path(channel.source), channel.s3_uri)
             _note(f"{channel.name}: {'uploaded' if uploaded else 'reusing'} {channel.s3_uri}")
 
-    refuse_secrets(req.preview_request(plan, plan.base_job_name))
+    refuse_secrets([req.preview_request(plan, plan.base_job_name), plan.cfg.to_dict()])
     boto.events.register("provide-client-params.sagemaker.CreateTrainingJob", _refuse_secrets_handler)
     boto.events.register("provide-client-params.sagemaker.CreateTrainingJob", _check_request_handler)
     job_name = create_job(plan, session)
@@ -543,7 +558,7 @@ def _check_request_handler(params: dict[str, Any], **_: Any) -> None:
 def _job_stub(plan: req.Plan, job_name: str) -> dict[str, Any]:
     return {
         "TrainingJobName": job_name,
-        "HyperParameters": plan.hyperparameters,
+        "HyperParameters": {"output.uri": plan.cfg.output.uri},
         "OutputDataConfig": {"S3OutputPath": plan.jobs_uri},
     }
 
@@ -633,10 +648,10 @@ def watch(sm: Any, logs: Any, s3: Any, job_name: str, poll_s: float = 15.0) -> i
     if job["TrainingJobStatus"] == "Completed":
         metrics = follow_mod.read_metrics(s3, job)
         if metrics is None:
-            _note(f"no metrics.json at {follow_mod.run_folder_uri(job)}")
+            _note(f"no metrics.json at {follow_mod.run_folder_uri(job, s3)}")
             return 1
         print(tables.summary(metrics))
-        print(follow_mod.run_folder_uri(job))
+        print(follow_mod.run_folder_uri(job, s3))
         return 0
     if job["TrainingJobStatus"] == "Failed":
         lines = job.get("_last_log_lines") or follow_mod.last_log_lines(logs, job_name)
@@ -660,10 +675,11 @@ def run_command(argv: list[str]) -> int:
         for line in follow_mod._transitions(job):
             print(f"  {line}")
         if job["TrainingJobStatus"] == "Completed":
-            metrics = follow_mod.read_metrics(boto.client("s3"), job)
+            s3 = boto.client("s3")
+            metrics = follow_mod.read_metrics(s3, job)
             if metrics:
                 print(tables.summary(metrics))
-            print(follow_mod.run_folder_uri(job))
+            print(follow_mod.run_folder_uri(job, s3))
         elif job["TrainingJobStatus"] == "Failed":
             lines = follow_mod.last_log_lines(boto.client("logs"), args.job)
             if lines:
@@ -692,7 +708,7 @@ def run_command(argv: list[str]) -> int:
 
 
 def _expected_sdk_notes(record: logging.LogRecord) -> bool:
-    """Drop the SDK's note that hyperparameters are not command-line arguments: the job reads them from SM_HPS."""
+    """Drop the SDK's note that hyperparameters are not command-line arguments: the job reads them itself."""
     return not str(record.msg).startswith("Hyperparameters are set but are not passed")
 
 

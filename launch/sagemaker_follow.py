@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from botocore.exceptions import ClientError
 
 from job import config as config_mod
@@ -128,11 +129,29 @@ def upload_channel(s3, source: Path, s3_uri: str) -> bool:
 # Where a job's results are
 
 
-def run_folder_uri(job: dict[str, Any]) -> str:
-    """s3:// URI of the run folder the job publishes: <output.uri>/<job name>/, from its hyperparameters."""
+def shipped_output_uri(s3, job: dict[str, Any]) -> str | None:
+    """`output.uri` of the config.yaml a DLC job ran: it travels in the job's `code` channel, not as a
+    hyperparameter. None for a job without one."""
+    code = next((c for c in job.get("InputDataConfig", []) if c.get("ChannelName") == "code"), None)
+    if code is None or s3 is None:
+        return None
+    bucket, prefix = split_s3(code["DataSource"]["S3DataSource"]["S3Uri"].rstrip("/") + "/")
+    try:
+        body = s3.get_object(Bucket=bucket, Key=f"{prefix}config.yaml")["Body"].read()
+    except ClientError:
+        return None
+    uri = (yaml.safe_load(body) or {}).get("output", {}).get("uri")
+    return str(uri) if uri else None
+
+
+def run_folder_uri(job: dict[str, Any], s3=None) -> str:
+    """s3:// URI of the run folder the job publishes: <output.uri>/<job name>/, from its `output.uri`
+    hyperparameter (our own image) or the config.yaml in its code channel (the DLC; read with `s3`)."""
     uri = job.get("HyperParameters", {}).get("output.uri")
     if uri is not None:
         uri = str(config_mod.parse_scalar(uri))
+    else:
+        uri = shipped_output_uri(s3, job)
     if not uri or not uri.startswith("s3://"):
         # No S3 output.uri: the run folder is only in SageMaker's model output, under the job's name.
         out = job["OutputDataConfig"]["S3OutputPath"].rstrip("/")
@@ -141,7 +160,7 @@ def run_folder_uri(job: dict[str, Any]) -> str:
 
 
 def read_metrics(s3, job: dict[str, Any]) -> dict[str, Any] | None:
-    bucket, prefix = split_s3(run_folder_uri(job))
+    bucket, prefix = split_s3(run_folder_uri(job, s3))
     try:
         body = s3.get_object(Bucket=bucket, Key=f"{prefix}metrics.json")["Body"].read()
     except ClientError:
@@ -254,7 +273,7 @@ def last_log_lines(logs, job_name: str, n: int = 20) -> list[str]:
 
 def fetch(s3, job: dict[str, Any], to: Path) -> Path:
     """Download the job's run folder to `to/<job name>/` and check every file against its manifest."""
-    uri = run_folder_uri(job)
+    uri = run_folder_uri(job, s3)
     bucket, prefix = split_s3(uri)
     keys = [
         obj["Key"]

@@ -4,6 +4,11 @@ hyperparameters, metric definitions, source folder and requirements, and the Cre
 `preview_request` writes the request as SageMaker will receive it, without AWS (for `--dry-run`);
 `model_trainer` builds the same job with SDK v3's ModelTrainer, which uploads the code and submits it. A test keeps
 the two identical. Imports no torch; the SageMaker SDK is imported only when a job is really built.
+
+How the config reaches the job: on the DLC it travels as the resolved `config.yaml` in the code channel and the
+request carries no hyperparameters (the SDK's driver turns each one into a shell variable, which a dotted key or a
+value holding `'` breaks). Our own image gets it as dotted-key hyperparameters, which the job reads from
+`/opt/ml/input/config/hyperparameters.json` itself, with no shell in between.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import hashlib
 import json
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,6 +26,7 @@ import job
 from job import config as config_mod
 from job.config import Config
 from launch import service_model
+from launch.sagemaker_follow import LaunchError
 
 PROJECT = "dialogsum-qlora"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +34,20 @@ JOB_PACKAGE = Path(job.__file__).resolve().parent
 
 # The Hugging Face PyTorch training DLC with transformers 5.x (the newest the SDK's table knows).
 DLC = {"version": "5.3.0", "base_framework_version": "pytorch2.9.0", "py_version": "py312"}
+DLC_TORCH = DLC["base_framework_version"].removeprefix("pytorch")
+"""The DLC's torch, which its jobs keep (our image's base has its own: docs/sagemaker.md)."""
 
 CHANNEL_ROOT = PurePosixPath("/opt/ml/input/data")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 CONFIG_FILE = "config.yaml"
 REQUIREMENTS_FILE = "requirements.txt"
+PINS = REPO_ROOT / "container" / "requirements.txt"
+"""The image's pins: the DLC installs exactly these at start, so both paths run the same versions."""
 COMMAND = f"python3 -m job train --config {CONFIG_FILE}"
 ENTRY_SCRIPT = "train_job.py"
 # SageMaker's torchrun driver runs `torchrun ... <entry script> --key value ...` with the hyperparameters as
-# arguments. The job already reads them from SM_HPS, typed; re-parsing them from argv would turn a value such as
-# "You summarize: briefly." into a mapping, so the script drops them.
+# arguments. The job reads its config from config.yaml (and hyperparameters.json, which it reads itself), never
+# from argv: re-parsing argv would turn a value such as "You summarize: briefly." into a mapping.
 ENTRY_SCRIPT_TEXT = f'''"""Entry script for SageMaker's torchrun driver: every rank runs `python -m job train --config {CONFIG_FILE}`."""
 
 import sys
@@ -48,6 +57,16 @@ from job.cli import main
 sys.exit(main(["train", "--config", "{CONFIG_FILE}"]))
 '''
 SECRET_ENV = "HF_TOKEN_SECRET_ID"
+
+# PID 1 on the DLC. With source code the SDK always sends ContainerEntrypoint ["/bin/bash"] and these arguments;
+# bash as PID 1 drops SIGTERM, so the entrypoint becomes our wrapper (container/sm_pid1.py, shipped in the code
+# channel), which runs the SDK's bash and driver unchanged and passes SIGTERM on to the job.
+SDK_DRIVER = "/opt/ml/input/data/sm_drivers/sm_train.sh"
+SDK_ENTRYPOINT = ["/bin/bash"]
+SDK_ARGUMENTS = ["-c", f"chmod +x {SDK_DRIVER} && {SDK_DRIVER}"]
+PID1_SCRIPT = "sm_pid1.py"
+PID1_SOURCE = REPO_ROOT / "container" / PID1_SCRIPT
+PID1_ENTRYPOINT = ["python3", str(CHANNEL_ROOT / "code" / PID1_SCRIPT), *SDK_ENTRYPOINT]
 
 # Metric definitions: CloudWatch scrapes these from the job's `metrics: key=value ...` lines (job.logs.metrics_line
 # prints plain decimals). `\b` keeps `loss=` from matching inside `eval_loss=`.
@@ -98,31 +117,42 @@ def hyperparameters_for(cfg: Config) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Source folder for the DLC: the job package, its requirements (the image keeps its torch), the resolved config
+# Source folder for the DLC: the job package, the image's pins (the DLC keeps its torch), the resolved config
+
+
+def _checkout_file(path: Path) -> Path:
+    """A file of the project's checkout that the code channel ships (it is not part of the installed packages)."""
+    if not path.is_file():
+        raise LaunchError(
+            f"{path} is missing: `--image dlc` ships it in the code channel; launch from a checkout of the project "
+            "or use --image with our image"
+        )
+    return path
 
 
 def job_requirements() -> list[str]:
-    """pyproject's `job` extra without torch: the DLC's CUDA build of torch must stay."""
-    pyproject = REPO_ROOT / "pyproject.toml"
-    if pyproject.is_file() and sys.version_info >= (3, 11):
-        import tomllib
+    """The image's pins (container/requirements.txt), which the DLC's driver installs at every start. No torch:
+    sm_pid1.py holds the DLC's CUDA build of torch as it is, as the Dockerfile holds its base's."""
+    lines = _checkout_file(PINS).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
-        extra = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["optional-dependencies"]["job"]
-    else:  # an installed package: the same list from its metadata
-        from importlib import metadata
 
-        marker = re.compile(r";\s*extra\s*==\s*['\"]job['\"]")
-        extra = [marker.sub("", r).strip() for r in metadata.requires(PROJECT) or [] if marker.search(r)]
-    return [r for r in extra if re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0].lower() != "torch"]
+def code_channel_files(cfg: Config) -> dict[str, str]:
+    """The code channel's own files besides the `job/` package, by name, with their text."""
+    return {
+        CONFIG_FILE: cfg.to_yaml(),
+        REQUIREMENTS_FILE: "\n".join(job_requirements()) + "\n",
+        ENTRY_SCRIPT: ENTRY_SCRIPT_TEXT,
+        PID1_SCRIPT: _checkout_file(PID1_SOURCE).read_text(encoding="utf-8"),
+    }
 
 
 def stage_source(cfg: Config, folder: Path) -> Path:
-    """Write the code channel: `job/` (sources only), requirements.txt, the resolved config.yaml and the entry
-    script the torchrun driver starts on multi-GPU jobs."""
+    """Write the code channel: `job/` (sources only), the resolved config.yaml (all the config the job gets on the
+    DLC), requirements.txt, the entry script the torchrun driver starts on multi-GPU jobs and the PID-1 wrapper."""
     shutil.copytree(JOB_PACKAGE, folder / "job", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (folder / REQUIREMENTS_FILE).write_text("\n".join(job_requirements()) + "\n", encoding="utf-8")
-    (folder / CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
-    (folder / ENTRY_SCRIPT).write_text(ENTRY_SCRIPT_TEXT, encoding="utf-8")
+    for name, text in code_channel_files(cfg).items():
+        (folder / name).write_text(text, encoding="utf-8")
     return folder
 
 
@@ -223,7 +253,8 @@ class Plan:
 
     @property
     def hyperparameters(self) -> dict[str, str]:
-        return hyperparameters_for(self.cfg)
+        """Our own image gets the config as dotted-key hyperparameters; the DLC none (its config is config.yaml)."""
+        return hyperparameters_for(self.cfg) if self.own_image else {}
 
     @property
     def jobs_uri(self) -> str:
@@ -273,9 +304,8 @@ def preview_request(plan: Plan, job_name: str) -> dict[str, Any]:
     }
     channels = [_s3_channel(ch.name, ch.s3_uri) for ch in plan.channels]
     if not plan.own_image:
-        from_sdk = "/opt/ml/input/data/sm_drivers/sm_train.sh"
-        algorithm["ContainerEntrypoint"] = ["/bin/bash"]
-        algorithm["ContainerArguments"] = ["-c", f"chmod +x {from_sdk} && {from_sdk}"]
+        algorithm["ContainerEntrypoint"] = list(PID1_ENTRYPOINT)
+        algorithm["ContainerArguments"] = list(SDK_ARGUMENTS)
         channels += [
             _s3_channel("code", f"{staging}/input/code"),
             _s3_channel("sm_drivers", f"{staging}/input/sm_drivers"),
@@ -305,6 +335,21 @@ def preview_request(plan: Plan, job_name: str) -> dict[str, Any]:
     return request
 
 
+def _pid1_entrypoint(params: dict[str, Any], **_: Any) -> None:
+    """botocore handler: the SDK's driver request gets our PID-1 wrapper as its entrypoint, arguments unchanged."""
+    algorithm = params.get("AlgorithmSpecification", {})
+    if algorithm.get("ContainerEntrypoint") == SDK_ENTRYPOINT and algorithm.get("ContainerArguments") == SDK_ARGUMENTS:
+        algorithm["ContainerEntrypoint"] = list(PID1_ENTRYPOINT)
+
+
+def wrap_driver(boto_session: Any) -> None:
+    """ModelTrainer hard-codes the driver's entrypoint (`/bin/bash`), so it is set on the request it sends: first
+    among the session's CreateTrainingJob handlers, so every later one (and the service) sees the final request."""
+    boto_session.events.register_first(
+        "provide-client-params.sagemaker.CreateTrainingJob", _pid1_entrypoint, unique_id=f"{PROJECT}-pid1"
+    )
+
+
 def model_trainer(plan: Plan, session: Any, source_dir: Path | None):
     """SDK v3's ModelTrainer for the plan. `session` is a sagemaker Session whose default bucket and prefix are the
     plan's output, so the code, drivers and checkpoints land under it too."""
@@ -328,6 +373,8 @@ def model_trainer(plan: Plan, session: Any, source_dir: Path | None):
         distributed = Torchrun(process_count_per_node=plan.processes_per_node)
     elif source_dir is not None:
         source = SourceCode(source_dir=str(source_dir), requirements=REQUIREMENTS_FILE, command=COMMAND)
+    if source is not None:
+        wrap_driver(session.boto_session)
     trainer = ModelTrainer(
         distributed=distributed,
         sagemaker_session=session,
@@ -350,7 +397,7 @@ def model_trainer(plan: Plan, session: Any, source_dir: Path | None):
         output_data_config=OutputDataConfig(s3_output_path=plan.jobs_uri, compression_type="NONE"),
         input_data_config=[InputData(channel_name=ch.name, data_source=ch.s3_uri) for ch in plan.channels] or None,
         environment=dict(plan.environment),
-        hyperparameters=plan.hyperparameters,
+        hyperparameters=plan.hyperparameters or None,
         tags=[Tag(key=k, value=v) for k, v in plan.tags.items()],
     )
     return trainer.with_metric_definitions(

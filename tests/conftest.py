@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.container_fixtures"]  # the engine, the built image and their helpers, shared once
 SCORE_KEYS = {
     "rouge1",
     "rouge2",

@@ -47,6 +47,33 @@ def test_hyperparameters_can_name_the_config():
     assert cfg.model.name == "builtin:tiny-llama" and cfg.train.max_steps == 12 and cfg.eval.base is False
 
 
+def test_keys_sagemaker_adds_are_not_config_keys():
+    """Automatic model tuning adds `_tuning_objective_metric`, the SDKs `sagemaker_*` keys: the job ignores them,
+    where an unknown key of ours still fails."""
+    hps = {"_tuning_objective_metric": "finetuned:rougeL", "sagemaker_program": "x", "sagemaker_region": '"us-east-1"'}
+    assert C.resolve("test", [], {**hps, "lora.r": "4"}).to_dict() == C.resolve("test", ["lora.r=4"]).to_dict()
+    with pytest.raises(C.ConfigError, match="sagemaker"):
+        C.resolve("test", [], {**hps, "sagemaker.region": "x"})
+
+
+def test_hyperparameters_json_wins_over_sm_hps(tmp_path, monkeypatch):
+    """SageMaker's drivers put the hyperparameters in SM_HPS JSON-decoded once more (the string "1234" arrives as
+    the number 1234 there); the platform's own file keeps the strings as sent, so the job reads that first."""
+    from job import runtime
+
+    sent = {"model.revision": '"1234"', "data.system_prompt": 'You\'re "brief"'}
+    config = tmp_path / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(sent))
+    monkeypatch.setattr(runtime, "OPT_ML", tmp_path)
+    monkeypatch.setenv("SM_HPS", json.dumps({"model.revision": 1234, "data.system_prompt": "other"}))
+    assert runtime.hyperparameters() == sent
+    cfg = C.resolve("test", [], runtime.hyperparameters())
+    assert cfg.model.revision == "1234" and cfg.data.system_prompt == 'You\'re "brief"'
+    (config / "hyperparameters.json").unlink()
+    assert runtime.hyperparameters() == {"model.revision": 1234, "data.system_prompt": "other"}
+
+
 def test_override_forms_and_yaml_scalars():
     cfg = C.resolve(
         "test",

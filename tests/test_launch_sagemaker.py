@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +98,68 @@ def test_hyperparameters_rebuild_the_exact_config(preset: str, changes: dict[str
     assert config.build(yaml.safe_load(cfg.to_yaml())).to_dict() == cfg.to_dict()
 
 
-def test_requirements_keep_the_images_torch() -> None:
-    import tomllib
-
-    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["job"]
+def test_the_dlc_installs_the_images_pins_and_keeps_its_torch() -> None:
+    pins = [line for line in (REPO / "container" / "requirements.txt").read_text().splitlines() if "==" in line]
     reqs = req.job_requirements()
-    assert not [r for r in reqs if r.lower().startswith("torch") and not r.lower().startswith("torchvision")]
-    assert reqs == [r for r in extra if not re.match(r"torch\b", r)]
-    assert any(r.startswith("peft") for r in reqs) and any(r.startswith("bitsandbytes") for r in reqs)
+    assert reqs == [line.strip() for line in pins] and len(reqs) >= 10
+    assert not [r for r in reqs if re.match(r"torch\b", r)]  # sm_pid1.py holds the DLC's torch
+    assert any(r.startswith("peft==") for r in reqs) and any(r.startswith("bitsandbytes==") for r in reqs)
+
+
+def test_the_pid1_entrypoint_wraps_the_sdks_own_driver_command() -> None:
+    """The request's entrypoint is replaced only where it is the SDK's, and its arguments stay the SDK's."""
+    from sagemaker.train.constants import DEFAULT_CONTAINER_ARGUMENTS, DEFAULT_CONTAINER_ENTRYPOINT
+
+    assert (req.SDK_ENTRYPOINT, req.SDK_ARGUMENTS) == (DEFAULT_CONTAINER_ENTRYPOINT, DEFAULT_CONTAINER_ARGUMENTS)
+    assert req.PID1_ENTRYPOINT[-1:] == DEFAULT_CONTAINER_ENTRYPOINT
+    own = {"AlgorithmSpecification": {"TrainingImage": "x", "ContainerEntrypoint": ["/usr/bin/other"]}}
+    req._pid1_entrypoint(own)
+    assert own["AlgorithmSpecification"]["ContainerEntrypoint"] == ["/usr/bin/other"]
+
+
+def test_the_pid1_wrapper_passes_sigterm_to_the_job_and_waits_for_it(tmp_path: Path) -> None:
+    """SIGTERM to the wrapper reaches the job under the driver's bash; the bash dies of it at once, yet the wrapper
+    waits until the job has finished its save, then exits 143. (As PID 1 in a container: tests/test_sagemaker_
+    container.py.)"""
+    import signal
+    import time
+
+    saved, ready = tmp_path / "saved", tmp_path / "ready"
+    job = (
+        "import pathlib, signal, sys, time\n"
+        "def save(*_):\n"
+        f"    time.sleep(2); pathlib.Path({str(saved)!r}).write_text('ok'); sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, save)\n"
+        f"pathlib.Path({str(ready)!r}).write_text('')\n"
+        "time.sleep(60)\n"
+    )
+    driver = f'{sys.executable} -c "$JOB"; echo driver-finished'
+    wrapper = subprocess.Popen(
+        [sys.executable, str(req.PID1_SOURCE), "/bin/bash", "-c", driver],
+        env={**os.environ, "JOB": job},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(timeout=30) == 143
+    assert saved.read_text() == "ok"  # the wrapper outlived the bash until the job was done
+    assert "SIGTERM received: passing it to the job" in wrapper.stdout.read()
+
+
+def test_the_pid1_wrapper_holds_the_installed_torch_for_pip(tmp_path: Path) -> None:
+    """The wrapper, run as on the DLC with a driver that prints what pip would read: PIP_CONSTRAINT names a file
+    holding this environment's torch at its installed version; the driver's exit code is the wrapper's."""
+    from importlib import metadata
+
+    driver = "cat $PIP_CONSTRAINT; exit 7"
+    done = subprocess.run(
+        [sys.executable, str(req.PID1_SOURCE), "/bin/bash", "-c", driver], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 7, done.stderr
+    assert done.stdout.splitlines()[-1] == f"torch=={metadata.version('torch')}"
 
 
 def test_source_folder_holds_the_job_requirements_and_config(tmp_path: Path) -> None:
@@ -113,7 +168,8 @@ def test_source_folder_holds_the_job_requirements_and_config(tmp_path: Path) -> 
     assert (tmp_path / "job" / "train.py").is_file() and (tmp_path / "job" / "presets" / "test.yaml").is_file()
     assert not list(tmp_path.rglob("__pycache__"))
     assert config.resolve(str(tmp_path / req.CONFIG_FILE)).to_dict() == cfg.to_dict()
-    assert "torch" not in (tmp_path / req.REQUIREMENTS_FILE).read_text().split("\n")[0]
+    assert (tmp_path / req.REQUIREMENTS_FILE).read_text().splitlines() == req.job_requirements()
+    assert (tmp_path / req.PID1_SCRIPT).read_bytes() == req.PID1_SOURCE.read_bytes()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -212,7 +268,10 @@ def test_dry_run_without_credentials_or_torch(tmp_path: Path) -> None:
     stop = request["StoppingCondition"]
     assert stop["MaxWaitTimeInSeconds"] >= stop["MaxRuntimeInSeconds"] == 24 * 3600
     assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
-    assert request["HyperParameters"]["lora.r"] == "32"
+    assert request["HyperParameters"] == {}  # the config travels as config.yaml in the code channel:
+    assert "config.yaml (the job's whole config on the DLC; no hyperparameters):" in done.stderr
+    assert "\n    r: 32\n" in done.stderr
+    assert f"torch stays the DLC's {req.DLC_TORCH}" in done.stderr and "\n  transformers==" in done.stderr
     # The job gets the secret's ARN (AWS adds the suffix), so it reads the secret in the secret's own region.
     assert request["Environment"] == {
         "HF_TOKEN_SECRET_ID": "arn:aws:secretsmanager:eu-west-1:<ACCOUNT_ID>:secret:hf/token-<SUFFIX>"
@@ -336,9 +395,14 @@ def test_submit_sends_the_request_the_dry_run_showed(aws, tmp_path: Path, capsys
     assert sent["CheckpointConfig"]["S3Uri"].startswith(f"s3://{BUCKET}/exp/")
     assert sent["RoleArn"] == ROLE_ARN
 
-    # The config: hyperparameters rebuild it; the data points at its channel; the run lands under --output.
-    hps = sent["HyperParameters"]
-    cfg = config.resolve(None, [], hps)
+    # The config travels as config.yaml in the code channel, with no hyperparameters (the SDK's driver turns each
+    # into a shell variable); the data points at its channel; the run lands under --output.
+    assert sent["HyperParameters"] == {}
+    assert sent["AlgorithmSpecification"]["ContainerEntrypoint"] == req.PID1_ENTRYPOINT
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in sent["InputDataConfig"]}
+    code = _keys(aws["session"], channels["code"].removeprefix(f"s3://{BUCKET}/"))
+    body = aws["session"].client("s3").get_object(Bucket=BUCKET, Key=next(k for k in code if k.endswith("config.yaml")))
+    cfg = config.build(yaml.safe_load(body["Body"].read()))
     assert cfg.lora.r == 4 and cfg.model.name == "builtin:tiny-llama"
     assert cfg.data.dataset == "/opt/ml/input/data/data/dialogues.jsonl"
     assert cfg.output.uri == f"s3://{BUCKET}/exp/runs"
@@ -360,16 +424,11 @@ def test_submit_sends_the_request_the_dry_run_showed(aws, tmp_path: Path, capsys
     assert secret["SecretString"] == TOKEN
     assert "secretsmanager:GetSecretValue" in out.err
 
-    # Code and data uploaded: the job package with requirements and config, the data once by content hash.
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in sent["InputDataConfig"]}
+    # Code and data uploaded: the job package with requirements, config and PID-1 wrapper, the data once by content
+    # hash.
     assert set(channels) == {"data", "code", "sm_drivers"}
-    code = _keys(aws["session"], channels["code"].removeprefix(f"s3://{BUCKET}/"))
-    assert any(k.endswith("/code/job/train.py") for k in code)
-    assert any(k.endswith("/code/requirements.txt") for k in code) and any(
-        k.endswith("/code/config.yaml") for k in code
-    )
-    body = aws["session"].client("s3").get_object(Bucket=BUCKET, Key=next(k for k in code if k.endswith("config.yaml")))
-    assert config.build(yaml.safe_load(body["Body"].read())).to_dict() == cfg.to_dict()
+    for name in ("job/train.py", req.REQUIREMENTS_FILE, req.CONFIG_FILE, req.PID1_SCRIPT, req.ENTRY_SCRIPT):
+        assert any(k.endswith(f"/code/{name}") for k in code), name
     data_prefix = channels["data"].removeprefix(f"s3://{BUCKET}/")
     assert _keys(aws["session"], data_prefix) == [f"{data_prefix}dialogues.jsonl"]
     assert "data: uploaded" in out.err
@@ -479,7 +538,7 @@ def test_default_bucket_when_no_output_is_given(aws, capsys: pytest.CaptureFixtu
     (sent,) = aws["requests"]
     default = f"s3://sagemaker-{REGION}-123456789012/dialogsum-qlora"
     assert sent["OutputDataConfig"]["S3OutputPath"] == f"{default}/jobs"
-    assert sent["HyperParameters"]["output.uri"] == f"{default}/runs"
+    assert sent["HyperParameters"] == {}
     code = next(c for c in sent["InputDataConfig"] if c["ChannelName"] == "code")
     assert code["DataSource"]["S3DataSource"]["S3Uri"].startswith(f"{default}/")
 
@@ -787,6 +846,8 @@ def moto_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     }
     session.client("iam").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
     yield {"env": env, "requests": captured, "session": session}
+    # moto's state is the process's, not the server's: reset it so the next test's server starts empty.
+    urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/moto-api/reset", method="POST"))
     server.stop()
 
 
@@ -801,10 +862,13 @@ def _download_prefix(session: boto3.Session, uri: str, to: Path) -> None:
 
 @pytest.mark.slow
 def test_launch_run_like_sagemaker_and_fetch(moto_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The launched code channel runs the real job (test preset) the way the DLC's driver does: in the code folder,
-    `python3 -m job train --config config.yaml`, with SM_HPS, TRAINING_JOB_NAME and SM_MODEL_DIR set. The only
-    difference from SageMaker: checkpoints go to a temp folder, not /opt/ml/checkpoints. The run publishes to moto
-    S3; `status` and `fetch` read it back, and every metric definition matches the job's real stdout."""
+    """The launched code channel runs the real job (test preset) with the command the DLC's driver runs: in the
+    code folder, `python3 -m job train --config config.yaml`, with TRAINING_JOB_NAME and SM_MODEL_DIR set (the
+    request has no hyperparameters: the config is config.yaml). Without a container engine this stops short of
+    SageMaker: no /opt/ml (checkpoints go to a temp folder, named in SM_HPS, which the job reads only where
+    hyperparameters.json is absent) and not the SDK's driver itself, which tests/test_sagemaker_container.py runs.
+    The run publishes to moto S3; `status` and `fetch` find it through the config.yaml in the job's code channel,
+    and every metric definition matches the job's real stdout."""
     argv = ["--config", "test", "--instance", "ml.g4dn.xlarge", "--region", REGION, "--role", ROLE_ARN,
             "--output", f"s3://{BUCKET}/e2e", "--no-wait"]  # fmt: skip
     assert sm_cli.main(argv) == 0
@@ -815,7 +879,8 @@ def test_launch_run_like_sagemaker_and_fetch(moto_server, tmp_path: Path, capsys
     code = tmp_path / "code"
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in sent["InputDataConfig"]}
     _download_prefix(moto_server["session"], channels["code"], code)
-    hps = dict(sent["HyperParameters"], **{"train.checkpoint_dir": str(tmp_path / "checkpoints")})
+    assert sent["HyperParameters"] == {}
+    hps = {"train.checkpoint_dir": str(tmp_path / "checkpoints")}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SM_", "TRAINING_JOB"))},
         **moto_server["env"],
