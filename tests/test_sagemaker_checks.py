@@ -280,7 +280,9 @@ def test_the_dry_run_is_the_request_sent(
     assert service_model.with_placeholders_filled(json.loads(shown), filled) == sent
     assert sent["Environment"] == {req.SECRET_ENV: arn}  # the ARN, so the job reads it in the secret's region
     assert ("InputDataConfig" in sent) == (local_data or image == "dlc")  # never an empty list
-    assert sent["HyperParameters"]["lora.r"] == "4" and sent["EnableManagedSpotTraining"] is spot
+    # The DLC runs the config.yaml of its code channel; our image takes the config as dotted hyperparameters.
+    assert sent["HyperParameters"] == {} if image == "dlc" else sent["HyperParameters"]["lora.r"] == "4"
+    assert sent["EnableManagedSpotTraining"] is spot
     assert sm_cli.request_problems(sent) == []
 
 
