@@ -35,6 +35,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _loss(x: float | None) -> str:
+    """A loss to 4 significant digits: the differences between runs show, float noise does not."""
+    return "None" if x is None else f"{x:.4g}"
+
+
 def _row(label: str, block: dict) -> str:
     cells = [f"{_pct(block[m])} ({_pct(block['ci95'][m][0])}-{_pct(block['ci95'][m][1])})" for m in METRICS]
     return f"| {label} | " + " | ".join(cells) + f" | {block['avg_words']:.1f} | {block['length_ratio']:.2f} |"
@@ -53,8 +58,8 @@ def write_report(path: Path, metrics: dict, predictions: list[dict], samples: in
         f"- started {run['started_at']}, finished {run['finished_at']} ({run['seconds']:.0f} s)",
         f"- trainable parameters: {train['trainable_params']:,} of {train['total_params']:,} "
         f"({100 * train['trainable_params'] / max(train['total_params'], 1):.3f}%)",
-        f"- training: {train['steps']} steps, {train['epochs']:.2f} epochs, final loss {train['loss']}, "
-        f"best validation loss {train['eval_loss']}, {train['tokens_per_second']:.0f} tokens/s, "
+        f"- training: {train['steps']} steps, {train['epochs']:.2f} epochs, final loss {_loss(train['loss'])}, "
+        f"best validation loss {_loss(train['eval_loss'])}, {train['tokens_per_second']:.0f} tokens/s, "
         f"padding {100 * train['padding_fraction']:.1f}%, peak memory {train['peak_memory_mb']:.0f} MB",
         "",
         "## ROUGE",

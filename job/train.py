@@ -7,10 +7,17 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from job import cli, runtime
 from job.config import Config
+
+if TYPE_CHECKING:
+    from job.generation import Generated
+    from job.modeling import Hardware
+    from job.training import TrainResult
 
 log = logging.getLogger("job.train")
 
@@ -40,34 +47,76 @@ def main(argv: list[str]) -> int:
 
 def run(cfg: Config) -> Path | None:
     """The whole job; returns the run folder (None on the helper ranks of a torchrun job)."""
-    from transformers import set_seed
-
-    from job import (
-        data,
-        distributed,
-        faults,
-        generation,
-        modeling,
-        preflight,
-        prompts,
-        rundir,
-        scoring,
-        secrets,
-        training,
-    )
-    from job.errors import Interrupted
+    from job import distributed, rundir
 
     started_at, t0 = rundir.now(), time.perf_counter()
     distributed.setup()
-    main_rank = runtime.is_main_process()
+    run_dir, hw = prepare_run(cfg)
+    splits, dialogues = load_data(cfg)
+    create_run_folder(cfg, run_dir)
+
+    loaded = load_model(cfg, run_dir, hw)
+    prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
+    base = summarize(cfg, loaded, prompt_ids, "base model summaries") if cfg.eval.base else None
+    baselines = summarize_baselines(cfg, loaded, splits["train"], dialogues)
+
+    checkpoint_dir = checkpoint_folder(cfg, run_dir)
+    loaded.model, result = fine_tune(cfg, loaded, splits, run_dir, checkpoint_dir)
+    tuned = summarize(cfg, loaded, prompt_ids, "fine-tuned summaries")
+    if not runtime.is_main_process():  # rank 0 scores, writes and publishes alone; the others wait for it in cleanup()
+        distributed.cleanup()
+        return None
+
+    summaries = Summaries(base=base, finetuned=tuned, baselines=baselines)
+    scores = score_summaries(cfg, dialogues, summaries)
+    metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, tuned, scores)
+    _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
+    finish_run_folder(cfg, run_dir, checkpoint_dir)
+    _print_final_metrics(metrics)
+    rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
+    log.info("run complete: %s", run_dir)
+    publish_run(cfg, run_dir)
+    distributed.cleanup()
+    return run_dir
+
+
+@dataclass
+class Loaded:
+    """The model being scored and trained, its tokenizer, and what loading it settled."""
+
+    model: Any
+    tokenizer: Any
+    hw: Hardware  # adjusted to the architecture
+    attn: str
+    encoder_decoder: bool
+
+
+@dataclass
+class Summaries:
+    """What each scored model wrote, one text per scored dialogue, in their order."""
+
+    base: Generated | None
+    finetuned: Generated
+    baselines: dict[str, Generated]
+
+
+def prepare_run(cfg: Config) -> tuple[Path, Hardware]:
+    """Name the run, check what can fail before any data or weights load (rank 0; the other ranks follow it or are
+    stopped with it), and detect the hardware."""
+    from job import distributed, modeling, preflight, rundir, secrets
+
     if cfg.output.run_name is None:
         cfg.output.run_name = distributed.broadcast(runtime.default_run_name(cfg.hash()))
     run_dir = rundir.run_path(cfg)
-
     token = secrets.resolve_hf_token()
-    if main_rank:  # one probe write, one Hub check: the other ranks follow rank 0 or are stopped with it
+    if runtime.is_main_process():  # one probe write, one Hub check
         preflight.check(cfg, token)
-    hw = modeling.detect_hardware(cfg.model.compute_dtype)
+    return run_dir, modeling.detect_hardware(cfg.model.compute_dtype)
+
+
+def load_data(cfg: Config) -> tuple[dict, list]:
+    """The train (and validation) splits, capped, and the dialogues to score with all their references."""
+    from job import data
 
     splits = data.load_splits(cfg.data, cfg.train.seed)
     splits["train"] = data.cap(splits["train"], cfg.data.max_train_examples, cfg.train.seed)
@@ -82,13 +131,24 @@ def run(cfg: Config) -> Path | None:
         len(dialogues),
         sum(len(d.references) for d in dialogues),
     )
+    return splits, dialogues
 
-    if main_rank:
-        run_dir = rundir.prepare(cfg)
+
+def create_run_folder(cfg: Config, run_dir: Path) -> None:
+    """Rank 0 creates (or reopens, to resume) the run folder with the resolved config and a built-in base model."""
+    from job import distributed, modeling, rundir
+
+    if runtime.is_main_process():
+        rundir.prepare(cfg)
         log.info("run folder: %s", run_dir)
         (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         modeling.resolve_model_path(cfg, run_dir)  # a built-in model is written once, by rank 0
     distributed.barrier()
+
+
+def load_model(cfg: Config, run_dir: Path, hw: Hardware) -> Loaded:
+    """The base model and its tokenizer, in the compute dtype its architecture allows on this hardware."""
+    from job import faults, modeling
 
     faults.inject("load_model", cfg=cfg)
     path = modeling.resolve_model_path(cfg, run_dir)
@@ -97,64 +157,119 @@ def run(cfg: Config) -> Path | None:
     tokenizer = modeling.load_tokenizer(path, cfg)
     model = modeling.load_base_model(cfg, path, hw)
     attn = modeling.attention_implementation(cfg, hw)
+    return Loaded(model=model, tokenizer=tokenizer, hw=hw, attn=attn, encoder_decoder=enc_dec)
+
+
+def generation_prompts(cfg: Config, tokenizer, enc_dec: bool, dialogues: list) -> list[list[int]]:
+    """The zero-shot prompt of each scored dialogue, cut to leave room for the summary."""
+    from job import prompts
+
     max_prompt = cfg.data.max_length if enc_dec else max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
-    prompt_ids = [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
+    return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
 
-    def summarize(desc: str, ids: list[list[int]] = prompt_ids) -> generation.Generated:
-        return generation.generate_across_ranks(
-            model, tokenizer, ids, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc
+
+def summarize(cfg: Config, loaded: Loaded, ids: list[list[int]], desc: str) -> Generated:
+    """Greedy summaries of the prompts, shared across the ranks."""
+    from job import generation
+
+    return generation.generate_across_ranks(
+        loaded.model, loaded.tokenizer, ids, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc
+    )
+
+
+def summarize_baselines(cfg: Config, loaded: Loaded, train_split, dialogues: list) -> dict[str, Generated]:
+    """The base model's summaries with the in-context prompts of each of `eval.baselines`."""
+    return {
+        name: summarize(
+            cfg,
+            loaded,
+            in_context_prompts(cfg, loaded.tokenizer, loaded.model, train_split, dialogues, name),
+            f"{name} baseline",
         )
-
-    base = summarize("base model summaries") if cfg.eval.base else None
-    baselines = {
-        name: summarize(f"{name} baseline", in_context_prompts(cfg, tokenizer, model, splits["train"], dialogues, name))
         for name in cfg.eval.baselines
     }
 
+
+def checkpoint_folder(cfg: Config, run_dir: Path) -> Path:
+    return Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runtime.default_checkpoint_dir(run_dir)
+
+
+def fine_tune(cfg: Config, loaded: Loaded, splits: dict, run_dir: Path, checkpoint_dir: Path):
+    """Attach the adapters (or unfreeze the weights) and train, resuming from the newest complete checkpoint; rank 0
+    saves the trained weights into the run folder. Returns the trained model and what training reports."""
+    from transformers import set_seed
+
+    from job import distributed, modeling, training
+    from job.errors import Interrupted
+
     set_seed(cfg.train.seed)  # adapter initialisation must not depend on what ran before it
-    model = modeling.add_adapters(model, cfg)
-    checkpoint_dir = (
-        Path(cfg.train.checkpoint_dir) if cfg.train.checkpoint_dir else runtime.default_checkpoint_dir(run_dir)
-    )
+    model = modeling.add_adapters(loaded.model, cfg)
     try:
-        trainer, result = training.train(model, tokenizer, splits, cfg, hw, run_dir, checkpoint_dir, attn)
+        trainer, result = training.train(
+            model, loaded.tokenizer, splits, cfg, loaded.hw, run_dir, checkpoint_dir, loaded.attn
+        )
     except training.Interrupted as e:
         distributed.cleanup()  # every rank stopped after the same step
         raise Interrupted(f"{e}; run the same command again (same output.run_name={run_dir.name}) to resume") from None
     model = trainer.model
     model.config.use_cache = True
-    if main_rank:
-        modeling.save_trained(model, tokenizer, cfg, run_dir)
-    tuned = summarize("fine-tuned summaries")
-    if not main_rank:  # rank 0 scores, writes and publishes alone; the others wait for it in cleanup()
-        distributed.cleanup()
-        return None
-    refs = [d.references for d in dialogues]
-    seed, samples = cfg.train.seed, cfg.eval.bootstrap_samples
-    scores = {"finetuned": scoring.score(tuned.texts, refs, samples, seed)}
-    scores["finetuned"]["hit_max_new_tokens"] = sum(tuned.hit_max_new_tokens)
-    if base is not None:
-        scores["base"] = scoring.score(base.texts, refs, samples, seed)
-        scores["base"]["hit_max_new_tokens"] = sum(base.hit_max_new_tokens)
-    scored_baselines = {}
-    for name, out in baselines.items():
-        scored_baselines[name] = scoring.score(out.texts, refs, samples, seed)
-        scored_baselines[name]["hit_max_new_tokens"] = sum(out.hit_max_new_tokens)
+    if runtime.is_main_process():
+        modeling.save_trained(model, loaded.tokenizer, cfg, run_dir)
+    return model, result
 
-    predictions = [
+
+def score_summaries(cfg: Config, dialogues: list, summaries: Summaries) -> dict:
+    """ROUGE with bootstrap intervals against every reference: the metrics.json blocks `base`, `finetuned` and
+    `baselines`."""
+    from job import scoring
+
+    refs = [d.references for d in dialogues]
+
+    def scored(out: Generated) -> dict:
+        block = scoring.score(out.texts, refs, cfg.eval.bootstrap_samples, cfg.train.seed)
+        block["hit_max_new_tokens"] = sum(out.hit_max_new_tokens)
+        return block
+
+    finetuned = scored(summaries.finetuned)
+    base = scored(summaries.base) if summaries.base is not None else None
+    baselines = {name: scored(out) for name, out in summaries.baselines.items()}
+    return {"base": base, "finetuned": finetuned, "baselines": baselines}
+
+
+def prediction_rows(dialogues: list, summaries: Summaries) -> list[dict]:
+    """The rows of predictions.jsonl: each scored dialogue, its references and every model's summary."""
+    base = summaries.base
+    return [
         {
             "id": d.id,
             "dialogue": d.dialogue,
             "references": d.references,
             "base": base.texts[i] if base else None,
-            "finetuned": tuned.texts[i],
-            **{name: out.texts[i] for name, out in baselines.items()},
+            "finetuned": summaries.finetuned.texts[i],
+            **{name: out.texts[i] for name, out in summaries.baselines.items()},
         }
         for i, d in enumerate(dialogues)
     ]
-    trainable, total = modeling.parameter_counts(model)
+
+
+def run_metrics(
+    cfg: Config,
+    run_dir: Path,
+    started_at: str,
+    t0: float,
+    loaded: Loaded,
+    result: TrainResult,
+    dialogues: list,
+    tuned: Generated,
+    scores: dict,
+) -> dict:
+    """metrics.json: the run, the scorer, the generation settings, the scores and the training figures."""
+    from job import modeling, prompts, rundir, scoring
+
+    seed, samples = cfg.train.seed, cfg.eval.bootstrap_samples
+    trainable, total = modeling.parameter_counts(loaded.model)
     finished_at = rundir.now()
-    metrics = {
+    return {
         "run": {
             "name": run_dir.name,
             "method": cfg.method,
@@ -164,24 +279,24 @@ def run(cfg: Config) -> Path | None:
             "finished_at": finished_at,
             "seconds": round(time.perf_counter() - t0, 2),
             "platform": runtime.platform(),
-            "device": hw.name,
+            "device": loaded.hw.name,
             "load_in_4bit": cfg.quantized,
             "processes": runtime.world_size(),
             "resumed_from": result.resumed_from,
         },
-        "scorer": scoring.scorer_info(len(dialogues), sum(len(r) for r in refs), samples, seed),
+        "scorer": scoring.scorer_info(len(dialogues), sum(len(d.references) for d in dialogues), samples, seed),
         "generation": {
             "max_new_tokens": cfg.eval.max_new_tokens,
             "do_sample": False,
             "num_beams": 1,
             "batch_size": tuned.batch_size,
-            "dtype": modeling.dtype_name(hw.compute_dtype),
-            "prompt_sha256": prompts.prompt_sha256(tokenizer, cfg.data),
+            "dtype": modeling.dtype_name(loaded.hw.compute_dtype),
+            "prompt_sha256": prompts.prompt_sha256(loaded.tokenizer, cfg.data),
             "summaries_per_second": round(len(dialogues) / tuned.seconds, 3) if tuned.seconds else None,
         },
-        "base": scores.get("base"),
+        "base": scores["base"],
         "finetuned": scores["finetuned"],
-        "baselines": scored_baselines,
+        "baselines": scores["baselines"],
         "train": {
             "loss": result.loss,
             "eval_loss": result.eval_loss,
@@ -196,24 +311,29 @@ def run(cfg: Config) -> Path | None:
             "truncated_examples": result.truncated_examples,
         },
     }
-    faults.inject("write_results", run_dir=run_dir)
-    _write_results(run_dir, cfg, metrics, predictions, result.history)
+
+
+def finish_run_folder(cfg: Config, run_dir: Path, checkpoint_dir: Path) -> None:
+    """Merged weights where output.merge asks for them; the checkpoints dropped unless train.keep_checkpoints."""
+    from job import training
+
     if cfg.output.merge:
         from job import merge
 
         merge.merge_run(run_dir, cfg, merge.merged_dir(run_dir))
     if not cfg.train.keep_checkpoints:
         training.remove_checkpoints(checkpoint_dir, run_dir)
-    _print_final_metrics(metrics)
-    rundir.write_manifest(run_dir, cfg, started_at)
-    log.info("run complete: %s", run_dir)
+
+
+def publish_run(cfg: Config, run_dir: Path) -> None:
+    """Deliver the complete run folder to an s3:// or hf:// output.uri (a local one is already in place)."""
+    from job import rundir
+
     if rundir.is_remote(cfg.output.uri):
         from job import publish
 
         where = publish.deliver(run_dir, cfg)
         log.info("published to %s", where)
-    distributed.cleanup()
-    return run_dir
 
 
 def in_context_prompts(cfg: Config, tokenizer, model, train_split, dialogues, name: str) -> list[list[int]]:
@@ -251,8 +371,9 @@ def _extra_split(cfg: Config):
 
 
 def _write_results(run_dir: Path, cfg: Config, metrics: dict, predictions: list[dict], history: list[dict]) -> None:
-    from job import report, rundir
+    from job import faults, report, rundir
 
+    faults.inject("write_results", run_dir=run_dir)
     with open(run_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
         for p in predictions:
             f.write(json.dumps(p, ensure_ascii=False) + "\n")

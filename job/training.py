@@ -4,6 +4,7 @@ and a checkpoint on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -11,8 +12,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 
 from job import distributed, faults, logs, prompts, runtime
 from job.config import Config
@@ -149,8 +152,6 @@ def checkpoint_loadable(path: Path) -> bool:
             with safe_open(str(w), framework="pt") as f:
                 for key in f.keys():
                     f.get_tensor(key)
-        import json
-
         json.loads((path / "trainer_state.json").read_text())
     except Exception:
         return False
@@ -170,8 +171,6 @@ def relocate_best_checkpoint(resume: Path) -> None:
     best checkpoint under its old path, which the Trainer drops (or, where it still exists, reads from another run's
     folder); point it at the copy beside the resume point.
     The state file is replaced whole, never half-written."""
-    import json
-
     state_file = resume / "trainer_state.json"
     state = json.loads(state_file.read_text())
     best = state.get("best_model_checkpoint")
@@ -191,96 +190,120 @@ def relocate_best_checkpoint(resume: Path) -> None:
 # Callbacks
 
 
-def _callbacks(run_dir: Path):
-    from transformers import TrainerCallback
+class MetricsLines(TrainerCallback):
+    """`metrics:` lines for consoles and SageMaker metric definitions; stops on a non-finite loss."""
 
-    class MetricsLines(TrainerCallback):
-        """`metrics:` lines for consoles and SageMaker metric definitions; stops on a non-finite loss."""
-
-        def on_log(self, args, state, control, logs_=None, **kwargs):
-            values = kwargs.get("logs") or logs_ or {}
-            if not state.is_world_process_zero:
-                return
-            if "loss" in values:
-                loss = float(values["loss"])
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"the training loss became {loss} at step {state.global_step}; lower train.learning_rate "
-                        f"(now {args.learning_rate}) or use fp32 compute (model.compute_dtype=float32) on GPUs "
-                        f"without bf16"
-                    )
-                logs.emit_metrics(
-                    {
-                        "step": state.global_step,
-                        "loss": loss,
-                        "learning_rate": values.get("learning_rate"),
-                        "grad_norm": values.get("grad_norm"),
-                    }
+    def on_log(self, args, state, control, logs_=None, **kwargs):
+        values = kwargs.get("logs") or logs_ or {}
+        if not state.is_world_process_zero:
+            return
+        if "loss" in values:
+            loss = float(values["loss"])
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"the training loss became {loss} at step {state.global_step}; lower train.learning_rate "
+                    f"(now {args.learning_rate}) or use fp32 compute (model.compute_dtype=float32) on GPUs "
+                    f"without bf16"
                 )
-            if "eval_loss" in values:
-                logs.emit_metrics({"step": state.global_step, "eval_loss": float(values["eval_loss"])})
+            logs.emit_metrics(
+                {
+                    "step": state.global_step,
+                    "loss": loss,
+                    "learning_rate": values.get("learning_rate"),
+                    "grad_norm": values.get("grad_norm"),
+                }
+            )
+        if "eval_loss" in values:
+            logs.emit_metrics({"step": state.global_step, "eval_loss": float(values["eval_loss"])})
 
-    class MarkComplete(TrainerCallback):
-        """A checkpoint is only complete once the Trainer has written all of it."""
 
-        def on_save(self, args, state, control, **kwargs):
-            import json
+class MarkComplete(TrainerCallback):
+    """A checkpoint is only complete once the Trainer has written all of it."""
 
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and path.is_dir():
-                (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
-                log.info("checkpoint saved: %s", path)
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and path.is_dir():
+            (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+            log.info("checkpoint saved: %s", path)
 
-    class StopOnSigterm(TrainerCallback):
-        """SageMaker (spot interruption, StopTrainingJob) and `docker stop` send SIGTERM, then SIGKILL after a grace
-        period: save a checkpoint at the end of the current step and stop. Under torchrun every rank stops after the
-        same step (the signal can reach the ranks a step apart, or one alone, and a rank that stopped alone would
-        leave the others waiting in their next all-reduce)."""
 
-        def __init__(self):
-            self.signalled = False  # this process received SIGTERM
-            self.requested = False  # training stopped because of it (on every rank at the same step)
-            self.previous = None
+class StopOnSigterm(TrainerCallback):
+    """SageMaker (spot interruption, StopTrainingJob) and `docker stop` send SIGTERM, then SIGKILL after a grace
+    period: save a checkpoint at the end of the current step and stop. Under torchrun every rank stops after the
+    same step (the signal can reach the ranks a step apart, or one alone, and a rank that stopped alone would
+    leave the others waiting in their next all-reduce)."""
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            def handler(signum, frame):
-                log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
-                self.signalled = True
+    def __init__(self):
+        self.signalled = False  # this process received SIGTERM
+        self.requested = False  # training stopped because of it (on every rank at the same step)
+        self.previous = None
 
-            self.previous = signal.signal(signal.SIGTERM, handler)
+    def on_train_begin(self, args, state, control, **kwargs):
+        def handler(signum, frame):
+            log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
+            self.signalled = True
 
-        def on_step_end(self, args, state, control, **kwargs):
-            faults.inject("train_step", step=state.global_step, model=kwargs.get("model"), control=control)
-            stop = self.signalled
-            if distributed.enabled():
-                stop = distributed.max_all(float(stop)) > 0
-                if stop and not self.signalled:
-                    log.warning("another rank received SIGTERM: saving a checkpoint after this step, then stopping")
-            if stop:
-                self.requested = True
-                control.should_save = True
-                control.should_training_stop = True
+        self.previous = signal.signal(signal.SIGTERM, handler)
 
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.previous is not None:
-                signal.signal(signal.SIGTERM, self.previous)
+    def on_step_end(self, args, state, control, **kwargs):
+        faults.inject("train_step", step=state.global_step, model=kwargs.get("model"), control=control)
+        stop = self.signalled
+        if distributed.enabled():
+            stop = distributed.max_all(float(stop)) > 0
+            if stop and not self.signalled:
+                log.warning("another rank received SIGTERM: saving a checkpoint after this step, then stopping")
+        if stop:
+            self.requested = True
+            control.should_save = True
+            control.should_training_stop = True
 
-    return MetricsLines(), MarkComplete(), StopOnSigterm()
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 # ----------------------------------------------------------------------------------------------
-# Training
+# Trainer
 
 
-def _steps(cfg: Config, n_train: int) -> tuple[int, int, int]:
-    """(total optimizer steps, eval interval, save interval); save is a multiple of eval for best-model tracking."""
+class _UncountedValidation:
+    """Validation batches go through the collator inside the `CountingCollator`, so only training batches are
+    counted as training tokens."""
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        counting = self.data_collator
+        self.data_collator = counting.inner
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = counting
+
+
+class CountingTrainer(_UncountedValidation, Trainer):
+    """The Trainer of decoder-only models, fed through a `CountingCollator`."""
+
+
+class CountingSeq2SeqTrainer(_UncountedValidation, Seq2SeqTrainer):
+    """The Trainer of encoder-decoder models, fed through a `CountingCollator`."""
+
+
+class Schedule(NamedTuple):
+    """Optimizer steps in all, and the intervals between validations and between checkpoints."""
+
+    total: int
+    eval_every: int
+    save_every: int
+
+
+def schedule(cfg: Config, n_train: int) -> Schedule:
+    """The run's steps; checkpoints fall on validation steps where best-model tracking needs them to."""
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
     total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(n_train / per_step * cfg.train.epochs)
     eval_every = cfg.train.eval_steps or max(1, total // 4)
     save_every = cfg.train.save_steps or eval_every
     if cfg.train.best_by_eval_loss and save_every % eval_every:
         save_every = max(eval_every, (save_every // eval_every) * eval_every)
-    return total, eval_every, save_every
+    return Schedule(total, eval_every, save_every)
 
 
 def fsdp_arguments(cfg: Config) -> dict:
@@ -309,46 +332,26 @@ def optimizer_name(cfg: Config, hw: Hardware) -> str:
     return "paged_adamw_8bit" if (hw.device == "cuda" and cfg.method == "qlora") else "adamw_torch"
 
 
-def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, checkpoint_dir: Path, attn: str):
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
-    from transformers.integrations import TensorBoardCallback
-
-    enc_dec = bool(model.config.is_encoder_decoder)
-    train_ds, truncated = tokenize(splits["train"], tokenizer, cfg, "tokenizing train", enc_dec)
-    eval_ds = None
-    if "validation" in splits:
-        eval_ds, _ = tokenize(splits["validation"], tokenizer, cfg, "tokenizing validation", enc_dec)
-    mode = packing_mode(cfg, hw, attn, enc_dec)
-    collator = make_collator(mode, tokenizer, model if enc_dec else None)
-    total, eval_every, save_every = _steps(cfg, len(train_ds))
-    world = runtime.world_size()
-    log.info(
-        "batches: %s; %d optimizer steps; effective batch %d (batch_size %d x accumulation %d x %d processes)",
-        mode,
-        total,
-        cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world,
-        cfg.train.batch_size,
-        cfg.train.gradient_accumulation_steps,
-        world,
-    )
-    model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
-    args_cls, base_cls = (Seq2SeqTrainingArguments, Seq2SeqTrainer) if enc_dec else (TrainingArguments, Trainer)
-
-    class trainer_cls(base_cls):  # noqa: N801 - a Trainer whose validation batches are not counted as training tokens
-        def get_eval_dataloader(self, eval_dataset=None):
-            counting, self.data_collator = self.data_collator, collator.inner
-            try:
-                return super().get_eval_dataloader(eval_dataset)
-            finally:
-                self.data_collator = counting
-
-    args = args_cls(
+def training_arguments(
+    cfg: Config,
+    hw: Hardware,
+    checkpoint_dir: Path,
+    steps: Schedule,
+    mode: str,
+    *,
+    validating: bool,
+    encoder_decoder: bool,
+) -> TrainingArguments:
+    """Every Trainer setting of the run, from the config, the hardware, the step schedule and the batch layout
+    (`packing_mode`)."""
+    args_cls = Seq2SeqTrainingArguments if encoder_decoder else TrainingArguments
+    return args_cls(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=cfg.train.batch_size,
         per_device_eval_batch_size=cfg.train.batch_size,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         num_train_epochs=cfg.train.epochs,
-        max_steps=total,
+        max_steps=steps.total,
         learning_rate=cfg.train.learning_rate,
         lr_scheduler_type=cfg.train.lr_scheduler,
         warmup_steps=cfg.train.warmup_ratio,
@@ -359,12 +362,12 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         fp16=hw.device == "cuda" and hw.compute_dtype == torch.float16,
         use_cpu=hw.device == "cpu",
         logging_steps=cfg.train.logging_steps,
-        eval_strategy="steps" if eval_ds is not None else "no",
-        eval_steps=eval_every,
+        eval_strategy="steps" if validating else "no",
+        eval_steps=steps.eval_every,
         save_strategy="steps",
-        save_steps=save_every,
+        save_steps=steps.save_every,
         save_total_limit=cfg.train.save_total_limit,
-        load_best_model_at_end=cfg.train.best_by_eval_loss and eval_ds is not None,
+        load_best_model_at_end=cfg.train.best_by_eval_loss and validating,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         train_sampling_strategy="group_by_length" if mode == "group_by_length" else "random",
@@ -380,14 +383,44 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    from torch.utils.tensorboard import SummaryWriter
 
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, checkpoint_dir: Path, attn: str):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    enc_dec = bool(model.config.is_encoder_decoder)
+    train_ds, truncated = tokenize(splits["train"], tokenizer, cfg, "tokenizing train", enc_dec)
+    eval_ds = None
+    if "validation" in splits:
+        eval_ds, _ = tokenize(splits["validation"], tokenizer, cfg, "tokenizing validation", enc_dec)
+    mode = packing_mode(cfg, hw, attn, enc_dec)
+    collator = make_collator(mode, tokenizer, model if enc_dec else None)
+    steps = schedule(cfg, len(train_ds))
+    world = runtime.world_size()
+    log.info(
+        "batches: %s; %d optimizer steps; effective batch %d (batch_size %d x accumulation %d x %d processes)",
+        mode,
+        steps.total,
+        cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world,
+        cfg.train.batch_size,
+        cfg.train.gradient_accumulation_steps,
+        world,
+    )
+    model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
+    args = training_arguments(
+        cfg, hw, checkpoint_dir, steps, mode, validating=eval_ds is not None, encoder_decoder=enc_dec
+    )
     main = runtime.is_main_process()
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard")) if main else None
-    metrics_cb, complete_cb, sigterm_cb = _callbacks(run_dir)
-    callbacks = [metrics_cb, complete_cb, sigterm_cb] + ([TensorBoardCallback(tb_writer=writer)] if main else [])
+    sigterm = StopOnSigterm()
+    callbacks = [MetricsLines(), MarkComplete(), sigterm] + ([TensorBoardCallback(tb_writer=writer)] if main else [])
     columns = ["input_ids", "labels"]
-    trainer = trainer_cls(
+    trainer = (CountingSeq2SeqTrainer if enc_dec else CountingTrainer)(
         model=model,
         args=args,
         train_dataset=train_ds.select_columns(columns + (["length"] if mode == "group_by_length" else [])),
@@ -417,14 +450,19 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     finally:
         if writer is not None:
             writer.close()
-    # tokens/s over the training steps: validation passes are timed by the Trainer and taken out
     seconds = time.perf_counter() - start
-    step_seconds = seconds - sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
-    if sigterm_cb.requested or (sigterm_cb.signalled and not distributed.enabled()):
+    if sigterm.requested or (sigterm.signalled and not distributed.enabled()):
         raise Interrupted(
             f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in {checkpoint_dir}"
         )
+    return trainer, _result(trainer, output, collator, hw, seconds, resume, truncated)
+
+
+def _result(trainer, output, collator: CountingCollator, hw: Hardware, seconds: float, resume, truncated: int):
+    """What the run reports about its training: losses, throughput, memory."""
     history = trainer.state.log_history
+    # tokens/s over the training steps: validation passes are timed by the Trainer and taken out
+    step_seconds = seconds - sum(h.get("eval_runtime", 0.0) for h in history)
     losses = [h["loss"] for h in history if "loss" in h]
     eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     best_eval = (
@@ -435,7 +473,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     real, fed = distributed.sum_all(collator.real, collator.total)
     # after a resume the Trainer averages only the steps it ran; the logged losses cover the whole run
     loss = (sum(losses) / len(losses)) if (resume and losses) else (float(output.training_loss) if losses else None)
-    return trainer, TrainResult(
+    return TrainResult(
         loss=loss,
         eval_loss=float(best_eval) if best_eval is not None else None,
         steps=trainer.state.global_step,

@@ -83,6 +83,8 @@ def test_predictions_and_report(trained_run):
         assert len(row["references"]) == 3 and isinstance(row["finetuned"], str)
     report = (trained_run.dir / "report.md").read_text()
     assert "| fine-tuned |" in report and "| base (zero-shot) |" in report and "![loss](loss.png)" in report
+    train = json.loads((trained_run.dir / "metrics.json").read_text())["train"]
+    assert f"final loss {train['loss']:.4g}, best validation loss {train['eval_loss']:.4g}," in report
     assert (trained_run.dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
