@@ -150,6 +150,31 @@ def invalid_bucket_name(ctx: Context) -> Attempt:
     return Attempt(["output.uri=s3://My_Bucket/runs", f"output.local_dir={ctx.out}"])
 
 
+@case(
+    "merge with method=full",
+    2,
+    r"output\.merge=true merges a LoRA adapter into the base model, but method=full trains every weight and saves "
+    r"the whole model in model/ \(nothing to merge\); set output\.merge=false",
+)
+def merge_full(ctx: Context) -> Attempt:
+    return Attempt(["method=full", "output.merge=true"])
+
+
+@case(
+    "merge with method=prompt_tuning",
+    2,
+    r"output\.merge=true merges a LoRA adapter into the base model, but method=prompt_tuning trains a soft prompt, "
+    r"which does not merge into the weights; set output\.merge=false or use method=lora",
+)
+def merge_prompt_tuning(ctx: Context) -> Attempt:
+    return Attempt(["method=prompt_tuning", "output.merge=true"])
+
+
+@case("empty target module list", 2, r"lora\.target_modules names no module; use all-linear or a list such as")
+def empty_target_modules(ctx: Context) -> Attempt:
+    return Attempt(["lora.target_modules=[]"])
+
+
 # ----------------------------------------------------------------------------------------------
 # Where the results go, and the Hugging Face token (exit 5: output, 4: auth)
 
