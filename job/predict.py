@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
     rows = read_dialogues(args.input, cfg.data.dialogue_column)
     hw = modeling.detect_hardware(cfg.model.compute_dtype)
     model, tokenizer = modeling.load_for_inference(args.run, cfg, hw)
-    max_prompt = max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
+    max_prompt = prompts.prompt_budget(cfg.data, model.config.is_encoder_decoder)
     ids = [prompts.prompt_ids_for_generation(tokenizer, cfg.data, r["dialogue"], max_prompt) for r in rows]
     out = generation.generate(
         model,

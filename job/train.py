@@ -97,7 +97,7 @@ def run(cfg: Config) -> Path | None:
     tokenizer = modeling.load_tokenizer(path, cfg)
     model = modeling.load_base_model(cfg, path, hw)
     attn = modeling.attention_implementation(cfg, hw)
-    max_prompt = cfg.data.max_length if enc_dec else max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
+    max_prompt = prompts.prompt_budget(cfg.data, enc_dec)
     prompt_ids = [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
 
     def summarize(desc: str, ids: list[list[int]] = prompt_ids) -> generation.Generated:
@@ -232,7 +232,9 @@ def in_context_prompts(cfg: Config, tokenizer, model, train_split, dialogues, na
     picks = random.Random(cfg.train.seed).sample(pool, k)
     shots = tuple((train_split[i]["dialogue"], train_split[i]["summary"]) for i in picks)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    budget = (context - cfg.eval.max_new_tokens) if context else 10**9
+    budget = prompts.prompt_budget(
+        cfg.data, model.config.is_encoder_decoder, shots=True, context=context, max_new_tokens=cfg.eval.max_new_tokens
+    )
     try:
         return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, budget, shots) for d in dialogues]
     except ValueError:
