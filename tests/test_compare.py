@@ -124,7 +124,7 @@ def test_compare_local_runs_writes_table_csv_and_chart(runs, tmp_path: Path) -> 
         assert qlora[header] == cell(runs.qlora_metrics["finetuned"], metric)
         assert zero["shared"][header] == zero[LORA][header] == cell(runs.qlora_metrics["base"], metric)
     assert lora["train time"] == "30.0 min"
-    assert lora["cost"] == "$1.41"  # one hour on an A10G at ml.g5.xlarge's $1.408/h from launch/prices.json
+    assert lora["cost"] == "$1.41"  # one hour on an A10G at ml.g5.xlarge's $1.408/h from job/prices.json
     train = runs.qlora_metrics["train"]
     share = 100 * train["trainable_params"] / train["total_params"]
     assert qlora["trainable params"] == f"{train['trainable_params']:,} ({share:.2f}%)"
@@ -280,7 +280,7 @@ def test_refusals(runs, tmp_path: Path) -> None:
     ],
 )
 def test_catalog_gpu_from_torch_device_names(device: str, gpu: str | None) -> None:
-    from launch import catalog
+    from job import catalog
 
     assert compare.catalog_gpu(device, list(catalog.GPUS)) == gpu
     price = compare.catalog_price(device)
