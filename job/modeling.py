@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from job import builtin, runtime
+from job import builtin, rundir, runtime
 from job.config import Config
 from job.errors import ResourceError
 
@@ -50,10 +50,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def resolve_model_path(cfg: Config, run_dir: Path) -> str:
     """Where `from_pretrained` loads from: the built-in model saved into the run, a local folder or a hub id."""
-    name = cfg.model.name
-    if builtin.is_builtin(name):
-        return str(builtin.build(name, run_dir / "base_model"))
-    return name
+    path = rundir.base_model_path(cfg, run_dir)
+    if builtin.is_builtin(cfg.model.name):
+        builtin.build(cfg.model.name, Path(path))
+    return path
 
 
 def is_encoder_decoder(path: str, cfg: Config) -> bool:
@@ -224,15 +224,10 @@ def _log_counts(model) -> None:
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
 
-def weights_folder(cfg: Config) -> str:
-    """`model/` for full fine-tuning (every weight changed), `adapter/` for the PEFT methods."""
-    return "model" if cfg.method == "full" else "adapter"
-
-
 def save_trained(model, tokenizer, cfg: Config, run_dir: Path) -> Path:
     """The trained weights and tokenizer: the adapter (recording the base model's public name, hub id or builtin:...,
     never the temporary folder it was loaded from) or, for method=full, the whole model."""
-    folder = run_dir / weights_folder(cfg)
+    folder = run_dir / rundir.weights_folder(cfg)
     if cfg.method == "full":
         model.save_pretrained(folder)
     else:
@@ -259,8 +254,7 @@ def load_for_inference(run_dir: Path, cfg: Config, hw: Hardware):
         hw = for_architecture(hw, is_encoder_decoder(path, cfg))
         model = load_base_model(cfg, path, hw)
     else:
-        name = cfg.model.name
-        path = str(run_dir / "base_model") if builtin.is_builtin(name) else name
+        path = rundir.base_model_path(cfg, run_dir)
         tokenizer = load_tokenizer(str(run_dir / "adapter"), cfg)
         hw = for_architecture(hw, is_encoder_decoder(path, cfg))
         model = PeftModel.from_pretrained(load_base_model(cfg, path, hw), run_dir / "adapter")

@@ -29,6 +29,23 @@ VERSIONED = (
 )
 
 
+BASE_MODEL = "base_model"
+"""The run's own copy of a built-in model's weights (built there, since no hub holds them)."""
+
+
+def weights_folder(cfg: Config) -> str:
+    """`model/` for full fine-tuning (every weight changed), `adapter/` for the PEFT methods."""
+    return "model" if cfg.method == "full" else "adapter"
+
+
+def base_model_path(cfg: Config, run_dir: Path) -> str:
+    """Where the run's base model loads from, during the run and after it (predict, merge): the run's own
+    `base_model/` for a built-in model, else model.name (a hub id, at model.revision, or a local folder)."""
+    from job import builtin
+
+    return str(run_dir / BASE_MODEL) if builtin.is_builtin(cfg.model.name) else cfg.model.name
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(("s3://", "hf://"))
 
