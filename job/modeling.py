@@ -10,7 +10,7 @@ import torch
 
 from job import builtin, rundir, runtime
 from job.config import Config
-from job.errors import ResourceError
+from job.errors import ConfigInputError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
         ) from None
     if quant is not None and hw.device == "cpu":
         keep_cpu_4bit_in_compute_dtype(model)
+    check_target_modules(model, cfg)
     log.info(
         "loaded %s (%s, %s compute, %s attention) on %s",
         cfg.model.name,
@@ -151,6 +152,36 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
         hw.name,
     )
     return model
+
+
+def check_target_modules(model, cfg: Config) -> None:
+    """Each entry of lora.target_modules must name a module of this model, by PEFT's own matching rule: a typo
+    would otherwise stop the run in `get_peft_model`, after the base model was scored (minutes of generation)."""
+    targets = cfg.lora.target_modules
+    if cfg.method not in ("qlora", "lora") or targets == "all-linear":
+        return
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    names = [name for name, _ in model.named_modules() if name]
+    wanted = [targets] if isinstance(targets, str) else list(targets)
+    missing = [
+        t
+        for t in wanted
+        if not any(
+            check_target_module_exists(LoraConfig(target_modules=[t] if isinstance(targets, list) else t), n)
+            for n in names
+        )
+    ]
+    if missing:
+        linear = sorted(
+            {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+            - {"lm_head"}
+        )
+        raise ConfigInputError(
+            f"lora.target_modules: {', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of "
+            f"{cfg.model.name}; its linear layers are named {', '.join(linear)} (or use all-linear)"
+        )
 
 
 def keep_cpu_4bit_in_compute_dtype(model) -> None:

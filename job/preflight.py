@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from job import data, memory, publish, rundir, runtime, secrets
+from job import builtin, data, memory, publish, rundir, runtime, secrets
 from job.config import Config
 from job.errors import AuthError, ConfigInputError, DataError, JobError, OutputError, ResourceError
 
@@ -49,6 +49,7 @@ def check(cfg: Config, token: str | None) -> None:
         return True
 
     attempt(lambda: check_gpu(cfg, visible_gpu()))
+    attempt(lambda: check_model_folder(cfg.model.name))
     hub_answers = attempt(lambda: check_token(cfg, token))  # with a refused token every Hub answer would mislead
     if hub_answers:
         attempt(lambda: secrets.check_model_access(cfg.model.name, token, cfg.model.revision))
@@ -92,6 +93,40 @@ def check_gpu(cfg: Config, gpu: tuple[str, float] | None) -> None:
     if message:
         raise ResourceError(message)
     log.info("GPU: %s with %.1f GB; the memory estimate fits", name, memory_gb)
+
+
+# ----------------------------------------------------------------------------------------------
+# A local model folder (a hub model: secrets.check_model_access)
+
+
+def looks_like_path(name: str) -> bool:
+    """A name no hub id can be: an absolute, home or relative path, or more than one `/` (hub ids have at most
+    one). `gpt2` and `owner/name` stay hub ids."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_model_folder(name: str) -> None:
+    """A local model is a folder with config.json: without this check a typo in the path is reported by the hub
+    client as a malformed repo id, and a folder of bare weights as an unrecognized model, both as tracebacks."""
+    if builtin.is_builtin(name):
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        if looks_like_path(name):
+            raise ConfigInputError(
+                f"model.name={name}: no such folder; fix the path (a local model is a folder holding config.json and "
+                "the weights) or use a hub id such as owner/name"
+            )
+        return  # a hub id: secrets.check_model_access asks the Hub
+    if not path.is_dir():
+        raise ConfigInputError(
+            f"model.name={name} is a file; point it at the folder that holds config.json and the weights"
+        )
+    if not (path / "config.json").is_file():
+        raise ConfigInputError(
+            f"model.name={name} holds no config.json, so it is not a transformers model folder; point it at the "
+            "folder that holds config.json and the weights (model.safetensors), e.g. the output of save_pretrained"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
