@@ -671,7 +671,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="a finished run folder, s3://bucket/prefix/<run> (AWS_ENDPOINT_URL is honoured) or "
         "hf://owner/repo[@revision]",
     )
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the three files (default: here)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        help="folder for the three files (default: here); never a complete run folder, and existing files are "
+        "replaced only with --overwrite",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace comparison files already in --out")
     parser.add_argument(
         "--metric",
         choices=METRICS,
@@ -718,6 +725,7 @@ def write_outputs(out: Path, table: str, notes: str, csv_data: str, rows: list[R
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    rundir.check_output_paths("--out", args.out, [args.out / name for name in OUTPUT_FILES], args.overwrite)
     runs = read_runs(args.runs)
     rows = sort_rows(build_rows(runs, args.price_per_hour), args.metric)
     table = markdown_table(rows)

@@ -69,6 +69,28 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / MANIFEST).is_file()
 
 
+def complete_run_holding(path: Path) -> Path | None:
+    """The complete run folder that is or contains `path` (links followed), if any."""
+    path = path.expanduser().resolve()
+    return next((folder for folder in (path, *path.parents) if is_complete(folder)), None)
+
+
+def check_output_paths(option: str, target: Path, files: list[Path], overwrite: bool) -> None:
+    """What a command other than `train` (predict, compare) may write: never into a complete run folder, whatever
+    --overwrite says, and an existing file only with --overwrite."""
+    run = complete_run_holding(target)
+    if run is not None:
+        raise OutputError(
+            f"{option} {target} lies in the complete run folder {run} (it holds {MANIFEST}), which is never written "
+            "again; write somewhere else"
+        )
+    existing = [f for f in files if f.exists()]
+    if existing and not overwrite:
+        what = target if files == [target] else f"{target}: {', '.join(f.name for f in existing)}"
+        verb, pronoun = ("exists", "it") if len(existing) == 1 else ("exist", "them")
+        raise OutputError(f"{option} {what} {verb}; pass --overwrite to replace {pronoun}, or choose another path")
+
+
 def run_path(cfg: Config) -> Path:
     """The run folder's path; a complete one is an error (checked before anything else happens)."""
     run_dir = (local_parent(cfg) / cfg.output.run_name).resolve()  # type: ignore[operator]

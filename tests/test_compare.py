@@ -419,3 +419,22 @@ def test_hub_refusals(hub) -> None:
     hub.fail = RepositoryNotFoundError("404 Repository Not Found", response=response)
     with pytest.raises(ConfigInputError, match="does not exist or is private to another account"):
         compare.read_run("hf://acme/missing")
+
+
+def test_compare_never_writes_into_a_complete_run_and_keeps_existing_files(runs, tmp_path: Path) -> None:
+    from job.errors import OutputError
+
+    before = {p: p.read_bytes() for p in runs.qlora.rglob("*") if p.is_file()}
+    for out in (runs.qlora, runs.qlora / "adapter"):
+        with pytest.raises(OutputError, match=r"--out .* lies in the complete run folder .* never written again"):
+            compare.main([str(runs.qlora), "--out", str(out), "--overwrite"])
+    assert {p: p.read_bytes() for p in runs.qlora.rglob("*") if p.is_file()} == before
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "comparison.md").write_text("mine\n")
+    with pytest.raises(OutputError, match=r"comparison\.md exists; pass --overwrite to replace it"):
+        compare.main([str(runs.qlora), "--out", str(out)])
+    assert (out / "comparison.md").read_text() == "mine\n" and not (out / "comparison.csv").exists()
+    assert compare.main([str(runs.qlora), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "comparison.md").read_text().startswith("# ROUGE comparison")
