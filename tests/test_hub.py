@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from job import config as config_mod
-from job import hub, publish
+from job import destination, hub, publish
 from job.errors import AuthError, PublishError
 from tests.conftest import job_env, run_job
 from tests.test_publish import make_run
@@ -274,18 +274,33 @@ def test_publish_cli_to_the_hub(tmp_path, stand_in):
     assert stand_in.commits[0].repo == "team/cli-repo"
     assert "from environment variable HF_TOKEN" in result.stderr
     assert TOKEN not in result.stdout + result.stderr
+    assert [p for _, p in stand_in.requests].count("/api/whoami-v2") == 1  # one owner asks who the token is, once
 
 
 def hub_check(monkeypatch, token: str) -> None:
     monkeypatch.setenv("HF_TOKEN", token)
-    publish.check_destination(config_mod.resolve("test", ["output.uri=hf://team/repo", "output.run_name=r"]))
+    cfg = config_mod.resolve("test", ["output.uri=hf://team/repo", "output.run_name=r"])
+    destination.check(cfg, token or None, destination.hub_account(token) if token else None)  # as train and publish do
+
+
+@pytest.mark.parametrize("repo", ["team/new-repo", "team/existing"])
+def test_preflight_asks_the_hub_who_the_token_is_once(stand_in, tmp_path, repo):
+    from job import preflight
+
+    stand_in.created.append({"organization": "team", "name": "existing"})
+    cfg = config_mod.resolve("test", [f"output.uri=hf://{repo}", "output.run_name=r", f"output.local_dir={tmp_path}"])
+    preflight.check(cfg, TOKEN)
+    assert [p for _, p in stand_in.requests].count("/api/whoami-v2") == 1
+    assert ("GET", f"/api/models/{repo}/auth-check/write") in stand_in.requests  # the write check still ran
 
 
 def test_hub_destination_is_checked_before_training(stand_in, monkeypatch, tmp_path):
     hub_check(monkeypatch, "hf_write0000000000000")
     with pytest.raises(AuthError, match="token of alice is read-only; publishing to hf://team/repo needs a write"):
         hub_check(monkeypatch, "hf_read00000000000000")
-    with pytest.raises(AuthError, match="token is invalid or expired"):
+    with pytest.raises(
+        AuthError, match=r"token was refused by http://127\.0\.0\.1:\d+ \(invalid, expired or revoked\)"
+    ):
         hub_check(monkeypatch, "hf_invalid00000000000")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(AuthError, match="needs a Hugging Face token with write access: set HF_TOKEN"):
