@@ -109,7 +109,8 @@ def _prompt_ids(tokenizer, cfg: DataConfig, dialogue: str, shots: tuple[tuple[st
 
 def prompt_budget(
     cfg: DataConfig,
-    encoder_decoder: bool,
+    encoder_decoder: bool = False,
+    *,
     shots: bool = False,
     context: int | None = None,
     max_new_tokens: int = 0,

@@ -232,9 +232,7 @@ def in_context_prompts(cfg: Config, tokenizer, model, train_split, dialogues, na
     picks = random.Random(cfg.train.seed).sample(pool, k)
     shots = tuple((train_split[i]["dialogue"], train_split[i]["summary"]) for i in picks)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    budget = prompts.prompt_budget(
-        cfg.data, model.config.is_encoder_decoder, shots=True, context=context, max_new_tokens=cfg.eval.max_new_tokens
-    )
+    budget = prompts.prompt_budget(cfg.data, shots=True, context=context, max_new_tokens=cfg.eval.max_new_tokens)
     try:
         return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, budget, shots) for d in dialogues]
     except ValueError:
