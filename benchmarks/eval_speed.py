@@ -18,11 +18,11 @@ from benchmarks import common
 log = logging.getLogger(__name__)
 
 
-def prompts(cfg, tokenizer, n: int) -> list[list[int]]:
-    """Prompt ids as the job's evaluation builds them (dialogue cut so the summary still fits max_length)."""
-    from job.prompts import prompt_ids_for_generation
+def prompts(cfg, tokenizer, model, n: int) -> list[list[int]]:
+    """Prompt ids as the job's evaluation builds them (the dialogue cut to the job's prompt budget)."""
+    from job.prompts import prompt_budget, prompt_ids_for_generation
 
-    max_prompt = max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
+    max_prompt = prompt_budget(cfg.data, model.config.is_encoder_decoder)
     return [prompt_ids_for_generation(tokenizer, cfg.data, e.dialogue, max_prompt) for e in common.rows(n)]
 
 
@@ -55,7 +55,7 @@ def run(size: common.Size) -> dict:
     tokenizer = common.load_tokenizer(cfg)
     model = common.load_model(cfg, hw, lora=False)
     model.eval()
-    prompt_ids = prompts(cfg, tokenizer, size.eval_dialogues)
+    prompt_ids = prompts(cfg, tokenizer, model, size.eval_dialogues)
     n = len(prompt_ids)
     batched(model, tokenizer, prompt_ids[:2], 2, 2)  # first-call allocations stay out of the timing
     seconds: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
@@ -116,7 +116,7 @@ def half_precision(size: common.Size) -> dict:
         tokenizer = common.load_tokenizer(cfg)
         model = common.load_model(cfg, detect_hardware(dtype), lora=False)
         model.eval()
-        prompt_ids = prompts(cfg, tokenizer, n)
+        prompt_ids = prompts(cfg, tokenizer, model, n)
         batched_texts = batched(model, tokenizer, prompt_ids, size.max_new_tokens, size.eval_batch_size).texts
         single_texts = one_at_a_time(model, tokenizer, prompt_ids, size.max_new_tokens)
         first_diff = [_first_difference(a, b) for a, b in zip(batched_texts, single_texts, strict=True) if a != b]

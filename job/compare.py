@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from job import rundir
+from job import catalog, rundir
 from job.errors import AuthError, ConfigInputError, DataError, OutputError
 
 log = logging.getLogger("job.compare")
@@ -269,12 +269,8 @@ def catalog_gpu(device: str, gpu_names: list[str]) -> str | None:
 
 
 def catalog_price(device: str) -> Price | None:
-    """What SageMaker bills per hour for the cheapest training instance with this GPU (launch.catalog's price table);
-    None for a CPU, a GPU the catalog does not know, or when `launch` is not installed."""
-    try:
-        from launch import catalog
-    except ImportError:
-        return None
+    """What SageMaker bills per hour for the cheapest training instance with this GPU (job.catalog's price table);
+    None for a CPU or a GPU the catalog does not know."""
     gpu = catalog_gpu(device, list(catalog.GPUS))
     if gpu is None:
         return None
@@ -525,17 +521,8 @@ def _cost_note(trained: list[Row]) -> str:
         parts.append("a price per hour.")
     if unpriced:
         runs = ", ".join(f"{row.runs[0].name} (device `{row.device or 'not recorded'}`)" for row in unpriced)
-        where = "launch.catalog" if _catalog_importable() else "launch.catalog (not installed here)"
-        parts.append(f"No cost for {runs}: no price for that device in {where}; pass --price-per-hour.")
+        parts.append(f"No cost for {runs}: no price for that device in job/prices.json; pass --price-per-hour.")
     return text + " ".join(parts)
-
-
-def _catalog_importable() -> bool:
-    try:
-        import launch.catalog  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def csv_text(rows: list[Row]) -> str:
@@ -684,7 +671,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="a finished run folder, s3://bucket/prefix/<run> (AWS_ENDPOINT_URL is honoured) or "
         "hf://owner/repo[@revision]",
     )
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the three files (default: here)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        help="folder for the three files (default: here); never a complete run folder, and existing files are "
+        "replaced only with --overwrite",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace comparison files already in --out")
     parser.add_argument(
         "--metric",
         choices=METRICS,
@@ -696,7 +690,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=_price_arg,
         metavar="USD",
         help="price of the machine per hour for every run's cost; default: the SageMaker on-demand price of the run's "
-        "GPU from launch.catalog, blank for devices it does not know",
+        "GPU from job/prices.json, blank for devices it does not know",
     )
     return parser.parse_args(argv)
 
@@ -731,6 +725,7 @@ def write_outputs(out: Path, table: str, notes: str, csv_data: str, rows: list[R
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    rundir.check_output_paths("--out", args.out, [args.out / name for name in OUTPUT_FILES], args.overwrite)
     runs = read_runs(args.runs)
     rows = sort_rows(build_rows(runs, args.price_per_hour), args.metric)
     table = markdown_table(rows)

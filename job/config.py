@@ -25,6 +25,22 @@ import yaml
 METHODS = ("qlora", "lora", "full", "prompt_tuning")
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One broken value rule: the message the user reads and the dotted keys the rule reads."""
+
+    keys: tuple[str, ...]
+    message: str
+
+    def reads_any(self, keys: set[str]) -> bool:
+        """Whether the rule reads one of `keys` (or a key inside one of those sections)."""
+        return any(k == b or k.startswith(b + ".") for k in self.keys for b in keys)
+
+
+def _rule(keys: str, message: str) -> Problem:
+    return Problem(tuple(keys.split()), message)
+
+
 @dataclass
 class ModelConfig:
     name: str = "builtin:tiny-llama"
@@ -51,6 +67,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     """Allow model code from the hub. Off unless you trust the repository."""
 
+    def problems(self) -> list[Problem]:
+        return []
+
 
 @dataclass
 class LoraConfig:
@@ -65,6 +84,23 @@ class LoraConfig:
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases train."""
 
+    def problems(self) -> list[Problem]:
+        p = []
+        if self.r < 1 or self.alpha < 1:
+            p.append(
+                _rule("lora.r lora.alpha", f"lora.r and lora.alpha must be >= 1, got r={self.r} alpha={self.alpha}")
+            )
+        if not 0 <= self.dropout < 1:
+            p.append(_rule("lora.dropout", f"lora.dropout must be in [0, 1), got {self.dropout}"))
+        if not self.target_modules:
+            p.append(
+                _rule(
+                    "lora.target_modules",
+                    "lora.target_modules names no module; use all-linear or a list such as [q_proj, v_proj]",
+                )
+            )
+        return p
+
 
 @dataclass
 class PromptTuningConfig:
@@ -72,6 +108,14 @@ class PromptTuningConfig:
     """Soft-prompt length (method=prompt_tuning). More tokens: more capacity, shorter room for the dialogue."""
     init_text: str | None = "Summarize the following conversation."
     """Initialise the soft prompt from this text's embeddings (None: random)."""
+
+    def problems(self) -> list[Problem]:
+        if self.num_virtual_tokens < 1:
+            n = self.num_virtual_tokens
+            return [
+                _rule("prompt_tuning.num_virtual_tokens", f"prompt_tuning.num_virtual_tokens must be >= 1, got {n}")
+            ]
+        return []
 
 
 @dataclass
@@ -113,6 +157,24 @@ class DataConfig:
     side only; the summary is never truncated."""
     max_summary_tokens: int = 256
     """Summaries longer than this (in tokens) are cut to it when building training labels."""
+
+    def problems(self) -> list[Problem]:
+        p = []
+        if self.max_length < 32:
+            p.append(_rule("data.max_length", f"data.max_length must be >= 32, got {self.max_length}"))
+        if self.max_summary_tokens < 1 or self.max_summary_tokens >= self.max_length:
+            p.append(
+                _rule(
+                    "data.max_summary_tokens data.max_length",
+                    f"data.max_summary_tokens must be in [1, data.max_length), got {self.max_summary_tokens}",
+                )
+            )
+        if "{dialogue}" not in self.prompt_template:
+            p.append(_rule("data.prompt_template", "data.prompt_template must contain {dialogue}"))
+        for key in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                p.append(_rule(f"data.{key}", f"data.{key} must be >= 1 or null, got {getattr(self, key)}"))
+        return p
 
 
 @dataclass
@@ -165,6 +227,24 @@ class TrainConfig:
     keep_checkpoints: bool = False
     """Keep the checkpoint folder in a finished run (by default it is removed once the adapter is saved)."""
 
+    def problems(self) -> list[Problem]:
+        p = []
+        if self.learning_rate <= 0:
+            p.append(_rule("train.learning_rate", f"train.learning_rate must be > 0, got {self.learning_rate}"))
+        if not 0 <= self.warmup_ratio < 1:
+            p.append(_rule("train.warmup_ratio", f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}"))
+        for key in ("batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
+            if getattr(self, key) < 1:
+                p.append(_rule(f"train.{key}", f"train.{key} must be >= 1, got {getattr(self, key)}"))
+        for key in ("eval_steps", "save_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                p.append(_rule(f"train.{key}", f"train.{key} must be >= 1 or null, got {getattr(self, key)}"))
+        if self.epochs <= 0 and self.max_steps <= 0:
+            p.append(_rule("train.epochs train.max_steps", "set train.epochs > 0 or train.max_steps > 0"))
+        if self.max_grad_norm < 0:
+            p.append(_rule("train.max_grad_norm", f"train.max_grad_norm must be >= 0, got {self.max_grad_norm}"))
+        return p
+
 
 @dataclass
 class EvalConfig:
@@ -188,6 +268,23 @@ class EvalConfig:
     few_shot_examples: int = 3
     """Shots in the few_shot baseline."""
 
+    def problems(self) -> list[Problem]:
+        p = []
+        if self.few_shot_examples < 2:
+            p.append(
+                _rule("eval.few_shot_examples", f"eval.few_shot_examples must be >= 2, got {self.few_shot_examples}")
+            )
+        if self.num_dialogues is not None and self.num_dialogues < 1:
+            p.append(_rule("eval.num_dialogues", f"eval.num_dialogues must be >= 1 or null, got {self.num_dialogues}"))
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.bootstrap_samples < 1:
+            p.append(
+                _rule(
+                    "eval.max_new_tokens eval.batch_size eval.bootstrap_samples",
+                    "eval.max_new_tokens, eval.batch_size and eval.bootstrap_samples must be >= 1",
+                )
+            )
+        return p
+
 
 @dataclass
 class OutputConfig:
@@ -204,6 +301,31 @@ class OutputConfig:
     """Also save the base model with the adapter merged in, in 16-bit safetensors (`merged/`), and publish it."""
     private: bool = True
     """Create Hub repositories as private."""
+
+    def problems(self) -> list[Problem]:
+        p = []
+        uri = self.uri
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        if not scheme and uri.lower().startswith(("s3:", "hf:")):
+            p.append(
+                _rule("output.uri", f"output.uri {uri!r} is missing a slash; use s3://bucket/prefix or hf://owner/repo")
+            )
+        if scheme not in ("", "s3", "hf", "file"):
+            p.append(
+                _rule(
+                    "output.uri",
+                    f"output.uri {uri!r}: unknown scheme {scheme}://; use a local folder, s3://bucket/prefix or "
+                    "hf://owner/repo",
+                )
+            )
+        elif scheme == "s3" and not uri[5:].split("/", 1)[0]:
+            p.append(_rule("output.uri", f"output.uri {uri!r} names no bucket; use s3://bucket/prefix"))
+        elif scheme == "hf" and len([x for x in uri[5:].split("/") if x]) != 2:
+            p.append(_rule("output.uri", f"output.uri {uri!r} must be hf://owner/repo"))
+        name = self.run_name
+        if name is not None and (not name or "/" in name or name in (".", "..")):
+            p.append(_rule("output.run_name", f"output.run_name must be a plain folder name, got {name!r}"))
+        return p
 
 
 @dataclass
@@ -225,6 +347,45 @@ class Config:
         if self.model.load_in_4bit is not None:
             return self.model.load_in_4bit
         return self.method == "qlora"
+
+    def problems(self) -> list[Problem]:
+        """Every broken value rule: each section's own, then the rules that tie keys of different sections together
+        (refused here, when the config is read, rather than failing after training)."""
+        sections = (self.model, self.lora, self.prompt_tuning, self.data, self.train, self.eval, self.output)
+        p = [problem for section in sections for problem in section.problems()]
+        quant = self.model.load_in_4bit
+        if self.method == "full" and quant:
+            p.append(
+                _rule(
+                    "method model.load_in_4bit",
+                    "method=full trains every weight and cannot train 4-bit weights; set model.load_in_4bit=false or "
+                    "use method=qlora",
+                )
+            )
+        if self.method == "qlora" and quant is False:
+            p.append(
+                _rule(
+                    "method model.load_in_4bit",
+                    "method=qlora is LoRA on a 4-bit base; for a 16/32-bit base use method=lora",
+                )
+            )
+        if self.output.merge and self.method == "full":
+            p.append(
+                _rule(
+                    "method output.merge",
+                    "output.merge=true merges a LoRA adapter into the base model, but method=full trains every weight "
+                    "and saves the whole model in model/ (nothing to merge); set output.merge=false",
+                )
+            )
+        if self.output.merge and self.method == "prompt_tuning":
+            p.append(
+                _rule(
+                    "method output.merge",
+                    "output.merge=true merges a LoRA adapter into the base model, but method=prompt_tuning trains a "
+                    "soft prompt, which does not merge into the weights; set output.merge=false or use method=lora",
+                )
+            )
+        return p
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -417,7 +578,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str], mistyped: set[str]) -> Any:
+    """The dataclass from `data`; a key of the wrong type is reported, added to `mistyped` and left at its default."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -432,13 +594,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 problems.append(f"{dotted} must be a mapping of {tp.__name__} keys, got {value!r}")
+                mistyped.add(dotted)
                 continue
-            kwargs[key] = _build(tp, value, f"{dotted}.", problems)
+            kwargs[key] = _build(tp, value, f"{dotted}.", problems, mistyped)
             continue
         if isinstance(value, int) and not isinstance(value, bool) and _type_ok(1.0, tp) and not _type_ok(1, tp):
             value = float(value)
         if not _type_ok(value, tp):
             problems.append(f"{dotted} must be {_type_name(tp)}, got {value!r}")
+            mistyped.add(dotted)
             continue
         kwargs[key] = value
     try:
@@ -448,76 +612,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
         return cls()
 
 
-def _check_values(cfg: Config) -> list[str]:
-    p = []
-    t, d, e, lora = cfg.train, cfg.data, cfg.eval, cfg.lora
-    if t.learning_rate <= 0:
-        p.append(f"train.learning_rate must be > 0, got {t.learning_rate}")
-    if not 0 <= t.warmup_ratio < 1:
-        p.append(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
-    for key in ("batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
-        if getattr(t, key) < 1:
-            p.append(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    for key in ("eval_steps", "save_steps"):
-        if getattr(t, key) is not None and getattr(t, key) < 1:
-            p.append(f"train.{key} must be >= 1 or null, got {getattr(t, key)}")
-    if t.epochs <= 0 and t.max_steps <= 0:
-        p.append("set train.epochs > 0 or train.max_steps > 0")
-    if t.max_grad_norm < 0:
-        p.append(f"train.max_grad_norm must be >= 0, got {t.max_grad_norm}")
-    quant = cfg.model.load_in_4bit
-    if cfg.method == "full" and quant:
-        p.append(
-            "method=full trains every weight and cannot train 4-bit weights; set model.load_in_4bit=false or "
-            "use method=qlora"
-        )
-    if cfg.method == "qlora" and quant is False:
-        p.append("method=qlora is LoRA on a 4-bit base; for a 16/32-bit base use method=lora")
-    if cfg.prompt_tuning.num_virtual_tokens < 1:
-        p.append(f"prompt_tuning.num_virtual_tokens must be >= 1, got {cfg.prompt_tuning.num_virtual_tokens}")
-    if e.few_shot_examples < 2:
-        p.append(f"eval.few_shot_examples must be >= 2, got {e.few_shot_examples}")
-    if lora.r < 1 or lora.alpha < 1:
-        p.append(f"lora.r and lora.alpha must be >= 1, got r={lora.r} alpha={lora.alpha}")
-    if not 0 <= lora.dropout < 1:
-        p.append(f"lora.dropout must be in [0, 1), got {lora.dropout}")
-    if d.max_length < 32:
-        p.append(f"data.max_length must be >= 32, got {d.max_length}")
-    if d.max_summary_tokens < 1 or d.max_summary_tokens >= d.max_length:
-        p.append(f"data.max_summary_tokens must be in [1, data.max_length), got {d.max_summary_tokens}")
-    if "{dialogue}" not in d.prompt_template:
-        p.append("data.prompt_template must contain {dialogue}")
-    for key in ("max_train_examples", "max_eval_examples"):
-        if getattr(d, key) is not None and getattr(d, key) < 1:
-            p.append(f"data.{key} must be >= 1 or null, got {getattr(d, key)}")
-    if e.num_dialogues is not None and e.num_dialogues < 1:
-        p.append(f"eval.num_dialogues must be >= 1 or null, got {e.num_dialogues}")
-    if e.max_new_tokens < 1 or e.batch_size < 1 or e.bootstrap_samples < 1:
-        p.append("eval.max_new_tokens, eval.batch_size and eval.bootstrap_samples must be >= 1")
-    scheme = cfg.output.uri.split("://", 1)[0] if "://" in cfg.output.uri else ""
-    if not scheme and cfg.output.uri.lower().startswith(("s3:", "hf:")):
-        p.append(f"output.uri {cfg.output.uri!r} is missing a slash; use s3://bucket/prefix or hf://owner/repo")
-    if scheme not in ("", "s3", "hf", "file"):
-        p.append(
-            f"output.uri {cfg.output.uri!r}: unknown scheme {scheme}://; use a local folder, s3://bucket/prefix or hf://owner/repo"
-        )
-    elif scheme == "s3" and not cfg.output.uri[5:].split("/", 1)[0]:
-        p.append(f"output.uri {cfg.output.uri!r} names no bucket; use s3://bucket/prefix")
-    elif scheme == "hf" and len([x for x in cfg.output.uri[5:].split("/") if x]) != 2:
-        p.append(f"output.uri {cfg.output.uri!r} must be hf://owner/repo")
-    if cfg.output.run_name is not None:
-        name = cfg.output.run_name
-        if not name or "/" in name or name in (".", ".."):
-            p.append(f"output.run_name must be a plain folder name, got {name!r}")
-    return p
-
-
 def build(data: dict[str, Any]) -> Config:
     """A validated Config from a nested dict; raises ConfigError with every problem found."""
     problems: list[str] = []
-    cfg = _build(Config, data, "", problems)
-    if not problems:
-        problems = _check_values(cfg)
+    mistyped: set[str] = set()
+    cfg = _build(Config, data, "", problems, mistyped)
+    # A mistyped key stands at its default while it is reported; rules reading it would judge that default.
+    problems += [p.message for p in cfg.problems() if not p.reads_any(mistyped)]
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -16,7 +16,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROOT_FILES = ("metrics.json", "report.md", "loss.png", "config.yaml")
-"""Run files committed at the repo root next to the adapter (report.md shows loss.png)."""
+"""Run files committed at the repo root next to the weights (report.md shows loss.png)."""
+
+WEIGHT_FOLDERS = ("adapter", "model")
+"""The run's trained weights (rundir.weights_folder: the PEFT adapter, or the whole model of method=full), whose
+files go to the repo root so that `from_pretrained(repo)` loads them."""
 
 SUBFOLDERS = ("merged", "base_model")
 """Run subfolders committed under the same name: the merged model and, for `builtin:` models, the base weights."""
@@ -49,11 +53,11 @@ QUANTIZATION_NOTE = (
 
 
 def repo_files(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
-    """(local file, path in repo) for the run files that belong on the Hub: the adapter at the root."""
+    """(local file, path in repo) for the run files that belong on the Hub: the trained weights at the root."""
     out = []
     for local, rel in files:
         top, _, rest = rel.partition("/")
-        if top == "adapter" and rest and rest != "README.md":  # our card replaces PEFT's generated one
+        if top in WEIGHT_FOLDERS and rest and rest != "README.md":  # our card replaces the generated one
             out.append((local, rest))
         elif rel in ROOT_FILES or (top in SUBFOLDERS and rest):
             out.append((local, rel))
@@ -86,6 +90,10 @@ def base_license(model_name: str) -> str | None:
         return None
 
 
+def _product(cfg: Config) -> str:
+    return "model" if cfg.method == "full" else "adapter"
+
+
 def _dataset_id(cfg: Config) -> str | None:
     from job.secrets import is_hub_id
 
@@ -101,7 +109,9 @@ def _dataset_license_text(cfg: Config) -> str:
         )
     if name.startswith("builtin:"):
         return f"The training data (`{name}`) is a small synthetic set shipped with this project (Apache-2.0)."
-    return f"The training data (`{name}`) carries its own licence; check it before using or sharing this adapter."
+    return (
+        f"The training data (`{name}`) carries its own licence; check it before using or sharing this {_product(cfg)}."
+    )
 
 
 def _base_license_text(cfg: Config, license_id: str | None) -> str:
@@ -112,7 +122,9 @@ def _base_license_text(cfg: Config, license_id: str | None) -> str:
         )
     known = f" (`{license_id}`)" if license_id else ""
     family = " Llama models carry Meta's own licence and acceptable-use policy." if "llama" in name.lower() else ""
-    return f"The base model (`{name}`) is under its own licence{known}, which also governs this adapter.{family}"
+    return (
+        f"The base model (`{name}`) is under its own licence{known}, which also governs this {_product(cfg)}.{family}"
+    )
 
 
 def _number(value: Any) -> str:
@@ -134,7 +146,48 @@ def _results_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _card_data(cfg: Config, metrics: dict[str, Any], repo_id: str, license_id: str | None) -> Any:
+def encoder_decoder(run_dir: Path, cfg: Config) -> bool:
+    """Whether the run trained an encoder-decoder (T5) model, as its saved weights say."""
+    from job.rundir import weights_folder
+
+    folder = run_dir / weights_folder(cfg)
+    try:
+        if cfg.method == "full":
+            return bool(json.loads((folder / "config.json").read_text()).get("is_encoder_decoder"))
+        return json.loads((folder / "adapter_config.json").read_text()).get("task_type") == "SEQ_2_SEQ_LM"
+    except (OSError, ValueError):
+        return False
+
+
+def _what(cfg: Config) -> str:
+    """What the repo holds, as the card's first sentence names it."""
+    if cfg.method == "full":
+        return f"A model with every weight of `{cfg.model.name}` fine-tuned"
+    if cfg.method == "prompt_tuning":
+        return f"A prompt-tuning adapter ({cfg.prompt_tuning.num_virtual_tokens} virtual tokens) for `{cfg.model.name}`"
+    return f"A {'QLoRA' if cfg.method == 'qlora' else 'LoRA'} adapter for `{cfg.model.name}`"
+
+
+def _loader(cfg: Config, seq2seq: bool) -> str:
+    """The class that loads the repo: a transformers Auto class for a full fine-tune, PEFT's for an adapter."""
+    kind = "Seq2SeqLM" if seq2seq else "CausalLM"
+    return f"AutoModelFor{kind}" if cfg.method == "full" else f"AutoPeftModelFor{kind}"
+
+
+def _training_line(cfg: Config) -> str:
+    if cfg.method == "full":
+        trained = "method `full` (every weight trains)"
+    elif cfg.method == "prompt_tuning":
+        trained = f"method `prompt_tuning`, {cfg.prompt_tuning.num_virtual_tokens} virtual tokens"
+    else:
+        lora = cfg.lora
+        trained = f"method `{cfg.method}`, LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on `{lora.target_modules}`"
+    steps = f"max_steps {cfg.train.max_steps}" if cfg.train.max_steps > 0 else f"{cfg.train.epochs} epochs"
+    batch = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+    return f"{trained}; learning rate {cfg.train.learning_rate}, {steps}, effective batch {batch} per device, seed {cfg.train.seed}."
+
+
+def _card_data(cfg: Config, metrics: dict[str, Any], repo_id: str, license_id: str | None, seq2seq: bool) -> Any:
     from huggingface_hub import EvalResult, ModelCardData
 
     dataset_id = _dataset_id(cfg)
@@ -161,10 +214,10 @@ def _card_data(cfg: Config, metrics: dict[str, Any], repo_id: str, license_id: s
         model_name=repo_id.split("/")[-1],
         base_model=cfg.model.name if is_hub_id(cfg.model.name) else None,
         datasets=[dataset_id] if dataset_id else None,
-        library_name="peft",
+        library_name="transformers" if cfg.method == "full" else "peft",
         license=license_id or "other",
         license_name=None if license_id else "base-model-license",  # the Hub asks for a name with `other`
-        pipeline_tag="text-generation",
+        pipeline_tag="text2text-generation" if seq2seq else "text-generation",
         tags=[cfg.method, "summarization"] + (["dialogsum"] if "dialogsum" in cfg.data.dataset.lower() else []),
         eval_results=results or None,
     )
@@ -174,7 +227,9 @@ def model_card(run_dir: Path, cfg: Config, repo_id: str, merged: bool = False) -
     """README.md for the repo: YAML metadata (base model, data set, licence, model-index) and what the run did."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     license_id = base_license(cfg.model.name)
-    data = _card_data(cfg, metrics, repo_id, license_id)
+    seq2seq = encoder_decoder(run_dir, cfg)
+    data = _card_data(cfg, metrics, repo_id, license_id, seq2seq)
+    loader = _loader(cfg, seq2seq)
     n = (metrics.get("scorer") or {}).get("n_dialogues") or cfg.eval.num_dialogues or "all"
     lines = [
         "---",
@@ -183,8 +238,7 @@ def model_card(run_dir: Path, cfg: Config, repo_id: str, merged: bool = False) -
         "",
         f"# {repo_id.split('/')[-1]}",
         "",
-        f"A {'QLoRA' if cfg.method == 'qlora' else 'LoRA'} adapter for `{cfg.model.name}` that summarizes "
-        f"dialogues, trained on `{cfg.data.dataset}` (run `{run_dir.name}`).",
+        f"{_what(cfg)} to summarize dialogues, trained on `{cfg.data.dataset}` (run `{run_dir.name}`).",
         "",
         f"## ROUGE on the `{cfg.eval.split or cfg.data.test_split}` split ({n} dialogues)",
         "",
@@ -196,10 +250,10 @@ def model_card(run_dir: Path, cfg: Config, repo_id: str, merged: bool = False) -
         "## Use",
         "",
         "```python",
-        "from peft import AutoPeftModelForCausalLM",
-        "from transformers import AutoTokenizer",
+        f"from transformers import {loader + ', ' if cfg.method == 'full' else ''}AutoTokenizer",
+        *([] if cfg.method == "full" else [f"from peft import {loader}"]),
         "",
-        f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")',
+        f'model = {loader}.from_pretrained("{repo_id}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
         "```",
         "",
@@ -221,10 +275,7 @@ def model_card(run_dir: Path, cfg: Config, repo_id: str, merged: bool = False) -
     lines += [
         "## Training",
         "",
-        f"method `{cfg.method}`, LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} "
-        f"on `{cfg.lora.target_modules}`; learning rate {cfg.train.learning_rate}, "
-        f"{'max_steps ' + str(cfg.train.max_steps) if cfg.train.max_steps > 0 else str(cfg.train.epochs) + ' epochs'}, "
-        f"effective batch {cfg.train.batch_size * cfg.train.gradient_accumulation_steps} per device, seed {cfg.train.seed}.",
+        _training_line(cfg),
         "",
         "## Licences",
         "",
@@ -285,7 +336,7 @@ def upload_run(run_dir: Path, cfg: Config, repo_id: str, files: list[tuple[Path,
             repo_id,
             [CommitOperationAdd(op.path_in_repo, op.path_or_fileobj) for op in operations],  # fresh ops per attempt
             commit_message=f"Run {run_dir.name}",
-            commit_description=f"Adapter, metrics and report of run {run_dir.name} ({len(operations)} files).",
+            commit_description=f"Weights, metrics and report of run {run_dir.name} ({len(operations)} files).",
         ),
     )
     log.info("committed %d files to %s: %s", len(operations), repo_id, info.commit_url)

@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from job import runtime
+from job import rundir, runtime
 from job.config import Config
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,6 @@ def merge_dtype(cfg: Config) -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
-def base_source(run_dir: Path, cfg: Config, adapter_base: str) -> tuple[str, str | None]:
-    """(where to load the base from, hub revision): the run's own copy of a built-in model, a local folder, or the
-    hub id the adapter names."""
-    if adapter_base.startswith("builtin:"):
-        return str(run_dir / "base_model"), None
-    if Path(cfg.model.name).is_dir():
-        return cfg.model.name, None
-    return adapter_base, cfg.model.revision
-
-
 def merge_run(run_dir: Path, cfg: Config, dest: Path) -> Path:
     """Reload the base in 16-bit (fp32 on CPU), apply the run's adapter, merge it and save model + tokenizer."""
     import torch
@@ -65,14 +55,14 @@ def merge_run(run_dir: Path, cfg: Config, dest: Path) -> Path:
     adapter_dir = run_dir / "adapter"
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
     adapter_base = adapter_config["base_model_name_or_path"]
-    source, revision = base_source(run_dir, cfg, adapter_base)
+    source = rundir.base_model_path(cfg, run_dir)
     dtype = merge_dtype(cfg)
     auto_class = AutoModelForSeq2SeqLM if adapter_config.get("task_type") == "SEQ_2_SEQ_LM" else AutoModelForCausalLM
     log.info("merging the adapter into %s (%s)", adapter_base, dtype)
 
     # On the CPU: the GPU may still hold the training model, and host memory is the larger pool.
     base = auto_class.from_pretrained(
-        source, revision=revision, dtype=getattr(torch, dtype), trust_remote_code=cfg.model.trust_remote_code
+        source, revision=cfg.model.revision, dtype=getattr(torch, dtype), trust_remote_code=cfg.model.trust_remote_code
     )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     dest.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from job import builtin, runtime
+from job import builtin, rundir, runtime
 from job.config import Config
-from job.errors import ResourceError
+from job.errors import ConfigInputError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def resolve_model_path(cfg: Config, run_dir: Path) -> str:
     """Where `from_pretrained` loads from: the built-in model saved into the run, a local folder or a hub id."""
-    name = cfg.model.name
-    if builtin.is_builtin(name):
-        return str(builtin.build(name, run_dir / "base_model"))
-    return name
+    path = rundir.base_model_path(cfg, run_dir)
+    if builtin.is_builtin(cfg.model.name):
+        builtin.build(cfg.model.name, Path(path))
+    return path
 
 
 def is_encoder_decoder(path: str, cfg: Config) -> bool:
@@ -142,6 +142,7 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
         ) from None
     if quant is not None and hw.device == "cpu":
         keep_cpu_4bit_in_compute_dtype(model)
+    check_target_modules(model, cfg)
     log.info(
         "loaded %s (%s, %s compute, %s attention) on %s",
         cfg.model.name,
@@ -151,6 +152,36 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
         hw.name,
     )
     return model
+
+
+def check_target_modules(model, cfg: Config) -> None:
+    """Each entry of lora.target_modules must name a module of this model, by PEFT's own matching rule: a typo
+    would otherwise stop the run in `get_peft_model`, after the base model was scored (minutes of generation)."""
+    targets = cfg.lora.target_modules
+    if cfg.method not in ("qlora", "lora") or targets == "all-linear":
+        return
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    names = [name for name, _ in model.named_modules() if name]
+    wanted = [targets] if isinstance(targets, str) else list(targets)
+    missing = [
+        t
+        for t in wanted
+        if not any(
+            check_target_module_exists(LoraConfig(target_modules=[t] if isinstance(targets, list) else t), n)
+            for n in names
+        )
+    ]
+    if missing:
+        linear = sorted(
+            {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+            - {"lm_head"}
+        )
+        raise ConfigInputError(
+            f"lora.target_modules: {', '.join(missing)} {'matches' if len(missing) == 1 else 'match'} no module of "
+            f"{cfg.model.name}; its linear layers are named {', '.join(linear)} (or use all-linear)"
+        )
 
 
 def keep_cpu_4bit_in_compute_dtype(model) -> None:
@@ -224,15 +255,10 @@ def _log_counts(model) -> None:
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
 
-def weights_folder(cfg: Config) -> str:
-    """`model/` for full fine-tuning (every weight changed), `adapter/` for the PEFT methods."""
-    return "model" if cfg.method == "full" else "adapter"
-
-
 def save_trained(model, tokenizer, cfg: Config, run_dir: Path) -> Path:
     """The trained weights and tokenizer: the adapter (recording the base model's public name, hub id or builtin:...,
     never the temporary folder it was loaded from) or, for method=full, the whole model."""
-    folder = run_dir / weights_folder(cfg)
+    folder = run_dir / rundir.weights_folder(cfg)
     if cfg.method == "full":
         model.save_pretrained(folder)
     else:
@@ -259,8 +285,7 @@ def load_for_inference(run_dir: Path, cfg: Config, hw: Hardware):
         hw = for_architecture(hw, is_encoder_decoder(path, cfg))
         model = load_base_model(cfg, path, hw)
     else:
-        name = cfg.model.name
-        path = str(run_dir / "base_model") if builtin.is_builtin(name) else name
+        path = rundir.base_model_path(cfg, run_dir)
         tokenizer = load_tokenizer(str(run_dir / "adapter"), cfg)
         hw = for_architecture(hw, is_encoder_decoder(path, cfg))
         model = PeftModel.from_pretrained(load_base_model(cfg, path, hw), run_dir / "adapter")

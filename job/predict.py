@@ -27,7 +27,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="JSON lines with a dialogue per line (the run's data.dialogue_column, or `dialogue`); "
         "an `id` column is carried through",
     )
-    parser.add_argument("--output", type=Path, help="where to write JSON lines (default: stdout)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where to write JSON lines (default: stdout); never inside a complete run folder, and an existing file "
+        "only with --overwrite",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument(
         "--batch-size", type=int, help="dialogues per generation batch (default: the run's eval.batch_size)"
     )
@@ -66,11 +72,13 @@ def main(argv: list[str]) -> int:
 
     if not rundir.is_complete(args.run):
         raise ConfigInputError(f"--run {args.run} is not a complete run folder (no manifest.json)")
+    if args.output:
+        rundir.check_output_paths("--output", args.output, [args.output], args.overwrite)
     cfg = config_mod.build(config_mod.read_yaml(str(args.run / "config.yaml")))
     rows = read_dialogues(args.input, cfg.data.dialogue_column)
     hw = modeling.detect_hardware(cfg.model.compute_dtype)
     model, tokenizer = modeling.load_for_inference(args.run, cfg, hw)
-    max_prompt = max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
+    max_prompt = prompts.prompt_budget(cfg.data, model.config.is_encoder_decoder)
     ids = [prompts.prompt_ids_for_generation(tokenizer, cfg.data, r["dialogue"], max_prompt) for r in rows]
     out = generation.generate(
         model,

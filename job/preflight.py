@@ -11,16 +11,15 @@ from __future__ import annotations
 import codecs
 import logging
 import os
-import re
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from job import data, memory, publish, rundir, runtime, secrets
+from job import builtin, data, destination, memory, rundir, runtime, secrets
 from job.config import Config
-from job.errors import AuthError, ConfigInputError, DataError, JobError, OutputError, ResourceError
+from job.errors import AuthError, ConfigInputError, DataError, JobError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,6 @@ DISK_HEADROOM = 256 * 2**20
 # Bytes per parameter of checkpoints as the hub serves them: Llama-style decoders ship bf16 safetensors, T5
 # (FLAN-T5) ships fp32.
 HUB_BYTES_PER_PARAM = {"decoder": 2, "t5": 4}
-
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 def check(cfg: Config, token: str | None) -> None:
@@ -49,12 +46,14 @@ def check(cfg: Config, token: str | None) -> None:
         return True
 
     attempt(lambda: check_gpu(cfg, visible_gpu()))
-    hub_answers = attempt(lambda: check_token(cfg, token))  # with a refused token every Hub answer would mislead
+    attempt(lambda: check_model_folder(cfg.model.name))
+    account: list[dict[str, Any] | None] = []  # who the token is: asked once, used by the Hub destination check
+    hub_answers = attempt(lambda: account.append(check_token(cfg, token)))  # a refused token: every answer misleads
     if hub_answers:
         attempt(lambda: secrets.check_model_access(cfg.model.name, token, cfg.model.revision))
     attempt(lambda: check_data(cfg, token, ask_hub=hub_answers))
     if hub_answers or not cfg.output.uri.startswith("hf://"):
-        attempt(lambda: check_destination(cfg, token))
+        attempt(lambda: check_destination(cfg, token, account[0] if account else None))
     attempt(lambda: check_disk(cfg))
     if problems:
         first = problems[0]
@@ -95,140 +94,58 @@ def check_gpu(cfg: Config, gpu: tuple[str, float] | None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# A local model folder (a hub model: secrets.check_model_access)
+
+
+def looks_like_path(name: str) -> bool:
+    """A name no hub id can be: an absolute, home or relative path, or more than one `/` (hub ids have at most
+    one). `gpt2` and `owner/name` stay hub ids."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_model_folder(name: str) -> None:
+    """A local model is a folder with config.json: without this check a typo in the path is reported by the hub
+    client as a malformed repo id, and a folder of bare weights as an unrecognized model, both as tracebacks."""
+    if builtin.is_builtin(name):
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        if looks_like_path(name):
+            raise ConfigInputError(
+                f"model.name={name}: no such folder; fix the path (a local model is a folder holding config.json and "
+                "the weights) or use a hub id such as owner/name"
+            )
+        return  # a hub id: secrets.check_model_access asks the Hub
+    if not path.is_dir():
+        raise ConfigInputError(
+            f"model.name={name} is a file; point it at the folder that holds config.json and the weights"
+        )
+    if not (path / "config.json").is_file():
+        raise ConfigInputError(
+            f"model.name={name} holds no config.json, so it is not a transformers model folder; point it at the "
+            "folder that holds config.json and the weights (model.safetensors), e.g. the output of save_pretrained"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
 # The Hugging Face token (model access itself: secrets.check_model_access)
 
 
-def check_token(cfg: Config, token: str | None) -> None:
+def check_token(cfg: Config, token: str | None) -> dict[str, Any] | None:
     """A token the Hub refuses (revoked, expired) fails here, by name: the Hub answers a refused token with 401 on
-    every request, which the access checks would otherwise report as a missing repository or skip."""
+    every request, which the access checks would otherwise report as a missing repository or skip. Returns the
+    Hub's answer (who the token is) for the destination check, None when there was nothing to ask or no answer."""
     uses_hub = (
         secrets.is_hub_id(cfg.model.name) or isinstance(_data_location(cfg), str) or cfg.output.uri.startswith("hf://")
     )
     if not token or not uses_hub:
-        return
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    api = HfApi()
-    try:
-        me = api.whoami(token=token, cache=True)
-    except HfHubHTTPError as e:
-        if e.response is not None and e.response.status_code == 401:
-            raise AuthError(
-                f"the Hugging Face token was refused by {api.endpoint} (invalid, expired or revoked); create a new "
-                f"one at {api.endpoint}/settings/tokens and update HF_TOKEN (or HF_TOKEN_FILE, HF_TOKEN_SECRET_ID, "
-                "or the Kaggle secret HF_TOKEN)"
-            ) from None
-        log.warning("could not check the Hugging Face token (%s); continuing", e.__class__.__name__)
-        return
-    except Exception as e:  # noqa: BLE001 - offline or an isolated network: the loader decides, with its own error
-        log.warning("could not check the Hugging Face token (%s); continuing", e.__class__.__name__)
-        return
-    log.info("Hugging Face token of %s: valid", me.get("name"))
+        return None
+    return destination.hub_account(token)
 
 
-def check_destination(cfg: Config, token: str | None) -> None:
-    """s3://: a valid bucket name, the bucket and credentials, no finished run there, then a probe write and delete.
-    hf://: a write token (publish's check), then write permission on the repo or, for a new one, its namespace.
-    A local folder was already probed when the run folder was made (rundir.prepare)."""
-    uri = cfg.output.uri.rstrip("/")
-    if uri.startswith("s3://"):
-        check_bucket_name(uri)
-        publish.check_destination(cfg)
-        probe_s3(uri)
-    elif uri.startswith("hf://"):
-        publish.check_destination(cfg)
-        check_hub_write(uri.removeprefix("hf://").strip("/"), token)
-
-
-def check_bucket_name(uri: str) -> None:
-    bucket, _ = publish.split_s3(uri)
-    if not _BUCKET_NAME.match(bucket) or ".." in bucket:
-        raise ConfigInputError(
-            f"output.uri {uri!r}: {bucket!r} is not a valid S3 bucket name (3-63 characters: lowercase letters, "
-            "digits, dots and hyphens, starting and ending with a letter or digit); fix output.uri"
-        )
-
-
-def probe_s3(uri: str) -> None:
-    """Write and delete an empty object under the prefix: a policy may allow listing the bucket but not writing."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, prefix = publish.split_s3(uri)
-    key = "/".join(p for p in (prefix, f".write-probe-{uuid.uuid4().hex}") if p)
-    client = publish.s3_client()
-    try:
-        client.put_object(Bucket=bucket, Key=key, Body=b"")
-    except ClientError as e:
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in ("403", "AccessDenied", "Forbidden", "AllAccessDisabled"):
-            raise AuthError(
-                f"not allowed to write to {uri}: the job's AWS identity needs s3:PutObject on "
-                f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}* (the bucket itself is readable)"
-            ) from None
-        raise OutputError(
-            f"cannot write to {uri} ({code or 'unknown error'}); fix output.uri or the job's S3 access"
-        ) from None
-    except BotoCoreError as e:
-        raise OutputError(
-            f"cannot write to {uri} ({e.__class__.__name__}); check the network or AWS_ENDPOINT_URL"
-        ) from None
-    try:
-        client.delete_object(Bucket=bucket, Key=key)
-    except (ClientError, BotoCoreError) as e:  # the job itself never deletes: not being allowed to is no failure
-        log.warning("wrote s3://%s/%s to test access but could not delete it (%s)", bucket, key, type(e).__name__)
-    log.info("destination %s: writable", uri)
-
-
-def check_hub_write(repo_id: str, token: str | None) -> None:
-    """Write permission on an existing repo; for a repo the job will create, a namespace the token's account may
-    create repos in. An unreachable Hub is no failure here: publishing decides, and the local run stays complete."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
-    api = HfApi()
-    try:
-        api.auth_check(repo_id, write=True, token=token)
-    except RepositoryNotFoundError:
-        check_hub_namespace(api, repo_id, token)
-        return
-    except (GatedRepoError, HfHubHTTPError) as e:
-        status = e.response.status_code if e.response is not None else None
-        if isinstance(e, GatedRepoError) or status in (401, 403):
-            raise AuthError(
-                f"the Hugging Face token may not write to hf://{repo_id}; use a write token of an account with write "
-                "access to it (a fine-grained token needs write permission on that repo or namespace)"
-            ) from None
-        log.warning("could not check write access to hf://%s (%s); continuing", repo_id, e.__class__.__name__)
-        return
-    except Exception as e:  # noqa: BLE001
-        log.warning("could not check write access to hf://%s (%s); continuing", repo_id, e.__class__.__name__)
-        return
-    log.info("destination hf://%s: writable", repo_id)
-
-
-def check_hub_namespace(api, repo_id: str, token: str | None) -> None:
-    owner = repo_id.split("/")[0]
-    try:
-        me = api.whoami(token=token, cache=True)
-    except Exception as e:  # noqa: BLE001
-        log.warning("could not look up the token's account (%s); continuing", e.__class__.__name__)
-        return
-    if "orgs" not in me:
-        return  # an answer without the organisations cannot tell who may create repos under `owner`
-    name = me.get("name")
-    roles = {org.get("name"): org.get("roleInOrg") for org in me["orgs"]}
-    if owner != name and owner not in roles:
-        raise AuthError(
-            f"hf://{repo_id} does not exist and {name} cannot create it: {owner} is neither that account nor one of "
-            f"its organizations ({', '.join(sorted(roles)) or 'none'}); fix output.uri or join {owner}"
-        )
-    if roles.get(owner) == "read":
-        raise AuthError(
-            f"hf://{repo_id} does not exist and {name} has the read role in {owner}, which cannot create repos; "
-            "ask an admin of the organization for the write role, or publish under your own account"
-        )
-    log.info("destination hf://%s: will be created by %s", repo_id, name)
+def check_destination(cfg: Config, token: str | None, account: dict[str, Any] | None = None) -> None:
+    """Every destination check (job.destination); a local folder was already probed when the run folder was made."""
+    destination.check(cfg, token, account)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -107,6 +107,25 @@ def _prompt_ids(tokenizer, cfg: DataConfig, dialogue: str, shots: tuple[tuple[st
     return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, cfg))["input_ids"]
 
 
+def prompt_budget(
+    cfg: DataConfig,
+    encoder_decoder: bool = False,
+    *,
+    shots: bool = False,
+    context: int | None = None,
+    max_new_tokens: int = 0,
+) -> int:
+    """Most tokens a generation prompt may have, for the evaluation, the in-context baselines and `predict` alike.
+
+    A zero-shot prompt gets what training gave it: on an encoder-decoder model the encoder reads the prompt alone, so
+    all of data.max_length; on a decoder-only model data.max_length less the summary's room (at least 16 tokens).
+    A prompt with in-context `shots` is longer than any training example by design: it gets the model's `context`
+    less the `max_new_tokens` generated after it (no limit when the context length is unknown)."""
+    if shots:
+        return context - max_new_tokens if context else 10**9
+    return cfg.max_length if encoder_decoder else max(cfg.max_length - cfg.max_summary_tokens, 16)
+
+
 def prompt_ids_for_generation(
     tokenizer, cfg: DataConfig, dialogue: str, max_prompt_tokens: int, shots: tuple[tuple[str, str], ...] = ()
 ) -> list[int]:

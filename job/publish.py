@@ -15,7 +15,7 @@ from pathlib import Path
 from job import config as config_mod
 from job import hub, merge, rundir, secrets
 from job.config import Config
-from job.errors import AuthError, OutputError, PublishError
+from job.errors import OutputError, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _head(client, bucket: str, key: str) -> dict | None:
         raise
 
 
-def _exists(client, bucket: str, key: str) -> bool:
+def exists(client, bucket: str, key: str) -> bool:
     return _head(client, bucket, key) is not None
 
 
@@ -137,7 +137,7 @@ def _deliver_s3(files: list[tuple[Path, str]], uri: str, run_name: str) -> str:
     bucket, run_prefix = split_s3(uri, run_name)
     destination = f"s3://{bucket}/{run_prefix}/"
     client = s3_client()
-    if _exists(client, bucket, f"{run_prefix}/{MANIFEST}"):
+    if exists(client, bucket, f"{run_prefix}/{MANIFEST}"):
         raise OutputError(
             f"{destination}{MANIFEST} exists: a finished run is there and is never overwritten; "
             "choose another output.run_name or output.uri"
@@ -196,82 +196,6 @@ def _deliver_hub(run_dir: Path, cfg: Config, files: list[tuple[Path, str]], uri:
 
 
 # ----------------------------------------------------------------------------------------------
-# Before training: can the run be delivered at all?
-
-
-def check_destination(cfg: Config) -> None:
-    """Fail in seconds, before any training, when `output.uri` cannot take the run: a missing bucket, no access,
-    a finished run already at that prefix, no Hugging Face token or a read-only one. Needs `output.run_name` set."""
-    uri = cfg.output.uri.rstrip("/")
-    if uri.startswith("s3://"):
-        _check_s3(uri, cfg.output.run_name)
-    elif uri.startswith("hf://"):
-        _check_hub(uri.removeprefix("hf://").strip("/"))
-
-
-def _check_s3(uri: str, run_name: str | None) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    bucket, run_prefix = split_s3(uri, run_name)
-    client = s3_client()
-    try:
-        client.head_bucket(Bucket=bucket)
-        if run_name and _exists(client, bucket, f"{run_prefix}/{MANIFEST}"):
-            raise OutputError(
-                f"{uri}/{run_name}/{MANIFEST} exists: a finished run is there and is never overwritten; "
-                "choose another output.run_name or output.uri"
-            )
-    except NoCredentialsError:
-        raise AuthError(
-            f"no AWS credentials to write {uri}: run with an IAM role or set AWS_PROFILE or AWS_ACCESS_KEY_ID"
-        ) from None
-    except ClientError as e:
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            raise OutputError(f"bucket {bucket} does not exist; create it or fix output.uri ({uri})") from None
-        if code in ("403", "AccessDenied", "Forbidden"):
-            raise AuthError(
-                f"no access to bucket {bucket}: the job's AWS identity needs s3:ListBucket on it and "
-                f"s3:GetObject, s3:PutObject on {uri}/*"
-            ) from None
-        raise OutputError(f"cannot check {uri} ({code}); fix output.uri or the job's S3 access") from None
-    except BotoCoreError as e:
-        raise OutputError(
-            f"cannot reach S3 for {uri} ({e.__class__.__name__}); check the network or AWS_ENDPOINT_URL"
-        ) from None
-
-
-def _check_hub(repo_id: str) -> None:
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if not get_token():
-        raise AuthError(
-            f"publishing to hf://{repo_id} needs a Hugging Face token with write access: set HF_TOKEN (or "
-            "HF_TOKEN_FILE, HF_TOKEN_SECRET_ID, or the Kaggle secret HF_TOKEN)"
-        )
-    try:
-        me = HfApi().whoami()
-    except HfHubHTTPError as e:
-        if e.response is not None and e.response.status_code == 401:
-            raise AuthError(
-                f"the Hugging Face token is invalid or expired; set a valid one to publish to hf://{repo_id}"
-            ) from None
-        log.warning("could not check the Hugging Face token (%s); continuing", e.__class__.__name__)
-        return
-    except Exception as e:  # noqa: BLE001 - an unreachable hub now may be reachable after training; delivery decides
-        log.warning("could not check the Hugging Face token (%s); continuing", e.__class__.__name__)
-        return
-    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
-    if role == "read":
-        raise AuthError(
-            f"the Hugging Face token of {me.get('name')} is read-only; publishing to hf://{repo_id} needs a write "
-            "token (or a fine-grained one that may write to that namespace)"
-        )
-    log.info("Hub destination hf://%s: token of %s (%s)", repo_id, me.get("name"), role or "unknown role")
-
-
-# ----------------------------------------------------------------------------------------------
 # python -m job publish RUN_DIR --to URI
 
 
@@ -308,9 +232,10 @@ def main(argv: list[str]) -> int:
     cfg = _run_config(run_dir, args.to)
     if not cfg.output.uri.startswith(("s3://", "hf://")):
         raise OutputError(f"--to {cfg.output.uri!r}: publish to s3://bucket/prefix or hf://owner/repo")
-    if cfg.output.uri.startswith("hf://"):
-        secrets.resolve_hf_token()
+    from job import destination
+
+    token = secrets.resolve_hf_token() if cfg.output.uri.startswith("hf://") else None
     cfg.output.run_name = run_dir.name
-    check_destination(cfg)
+    destination.check(cfg, token, destination.hub_account(token) if token else None)
     print(deliver(run_dir, cfg))
     return 0

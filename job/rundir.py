@@ -29,6 +29,23 @@ VERSIONED = (
 )
 
 
+BASE_MODEL = "base_model"
+"""The run's own copy of a built-in model's weights (built there, since no hub holds them)."""
+
+
+def weights_folder(cfg: Config) -> str:
+    """`model/` for full fine-tuning (every weight changed), `adapter/` for the PEFT methods."""
+    return "model" if cfg.method == "full" else "adapter"
+
+
+def base_model_path(cfg: Config, run_dir: Path) -> str:
+    """Where the run's base model loads from, during the run and after it (predict, merge): the run's own
+    `base_model/` for a built-in model, else model.name (a hub id, at model.revision, or a local folder)."""
+    from job import builtin
+
+    return str(run_dir / BASE_MODEL) if builtin.is_builtin(cfg.model.name) else cfg.model.name
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(("s3://", "hf://"))
 
@@ -50,6 +67,28 @@ def local_parent(cfg: Config) -> Path:
 
 def is_complete(run_dir: Path) -> bool:
     return (run_dir / MANIFEST).is_file()
+
+
+def complete_run_holding(path: Path) -> Path | None:
+    """The complete run folder that is or contains `path` (links followed), if any."""
+    path = path.expanduser().resolve()
+    return next((folder for folder in (path, *path.parents) if is_complete(folder)), None)
+
+
+def check_output_paths(option: str, target: Path, files: list[Path], overwrite: bool) -> None:
+    """What a command other than `train` (predict, compare) may write: never into a complete run folder, whatever
+    --overwrite says, and an existing file only with --overwrite."""
+    run = complete_run_holding(target)
+    if run is not None:
+        raise OutputError(
+            f"{option} {target} lies in the complete run folder {run} (it holds {MANIFEST}), which is never written "
+            "again; write somewhere else"
+        )
+    existing = [f for f in files if f.exists()]
+    if existing and not overwrite:
+        what = target if files == [target] else f"{target}: {', '.join(f.name for f in existing)}"
+        verb, pronoun = ("exists", "it") if len(existing) == 1 else ("exist", "them")
+        raise OutputError(f"{option} {what} {verb}; pass --overwrite to replace {pronoun}, or choose another path")
 
 
 def run_path(cfg: Config) -> Path:

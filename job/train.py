@@ -164,7 +164,7 @@ def generation_prompts(cfg: Config, tokenizer, enc_dec: bool, dialogues: list) -
     """The zero-shot prompt of each scored dialogue, cut to leave room for the summary."""
     from job import prompts
 
-    max_prompt = cfg.data.max_length if enc_dec else max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
+    max_prompt = prompts.prompt_budget(cfg.data, enc_dec)
     return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
 
 
@@ -352,7 +352,7 @@ def in_context_prompts(cfg: Config, tokenizer, model, train_split, dialogues, na
     picks = random.Random(cfg.train.seed).sample(pool, k)
     shots = tuple((train_split[i]["dialogue"], train_split[i]["summary"]) for i in picks)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    budget = (context - cfg.eval.max_new_tokens) if context else 10**9
+    budget = prompts.prompt_budget(cfg.data, shots=True, context=context, max_new_tokens=cfg.eval.max_new_tokens)
     try:
         return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, budget, shots) for d in dialogues]
     except ValueError:

@@ -410,7 +410,7 @@ def cost_lines(plan: req.Plan) -> list[str]:
                 f"cost: ~${est['usd']:.2f} on demand ({price}; --spot typically ~{catalog.prices()['spot_discount']:.0%} less)"
             )
         lines.append(
-            f"  prices {est['prices_region']} as of {est['prices_as_of']} (launch/prices.json), throughput figures are "
+            f"  prices {est['prices_region']} as of {est['prices_as_of']} (job/prices.json), throughput figures are "
             f"estimates as of {w['estimates_as_of']}"
         )
     if not w["dataset_known"]:

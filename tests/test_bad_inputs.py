@@ -156,6 +156,63 @@ def invalid_bucket_name(ctx: Context) -> Attempt:
     return Attempt(["output.uri=s3://My_Bucket/runs", f"output.local_dir={ctx.out}"])
 
 
+@case(
+    "merge with method=full",
+    2,
+    r"output\.merge=true merges a LoRA adapter into the base model, but method=full trains every weight and saves "
+    r"the whole model in model/ \(nothing to merge\); set output\.merge=false",
+)
+def merge_full(ctx: Context) -> Attempt:
+    return Attempt(["method=full", "output.merge=true"])
+
+
+@case(
+    "merge with method=prompt_tuning",
+    2,
+    r"output\.merge=true merges a LoRA adapter into the base model, but method=prompt_tuning trains a soft prompt, "
+    r"which does not merge into the weights; set output\.merge=false or use method=lora",
+)
+def merge_prompt_tuning(ctx: Context) -> Attempt:
+    return Attempt(["method=prompt_tuning", "output.merge=true"])
+
+
+@case("empty target module list", 2, r"lora\.target_modules names no module; use all-linear or a list such as")
+def empty_target_modules(ctx: Context) -> Attempt:
+    return Attempt(["lora.target_modules=[]"])
+
+
+@case(
+    "mistyped local model path",
+    2,
+    r"model\.name=/data/modls/llama: no such folder; fix the path \(a local model is a folder holding config\.json "
+    r"and the weights\) or use a hub id such as owner/name",
+)
+def mistyped_model_path(ctx: Context) -> Attempt:
+    return Attempt(["model.name=/data/modls/llama"])
+
+
+@case(
+    "model folder without config.json",
+    2,
+    r"model\.name=.*/weights holds no config\.json, so it is not a transformers model folder; point it at the "
+    r"folder that holds config\.json and the weights",
+)
+def model_folder_without_config(ctx: Context) -> Attempt:
+    (ctx.root / "weights").mkdir()
+    (ctx.root / "weights" / "model.safetensors").write_bytes(b"\0" * 64)
+    return Attempt([f"model.name={ctx.root / 'weights'}"])
+
+
+@case(
+    "mistyped target module",
+    2,
+    r"lora\.target_modules: q_prj matches no module of builtin:tiny-llama; its linear layers are named down_proj, "
+    r"gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj \(or use all-linear\)",
+)
+def mistyped_target_module(ctx: Context) -> Attempt:
+    return Attempt(["lora.target_modules=[q_prj, v_proj]"])
+
+
 # ----------------------------------------------------------------------------------------------
 # Where the results go, and the Hugging Face token (exit 5: output, 4: auth)
 

@@ -40,7 +40,7 @@ def prompt_ids(loaded) -> list[list[int]]:
     _, tokenizer, cfg = loaded
     rows = [json.loads(line) for line in (BUILTIN_DIR / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     texts = [r["dialogue"] for r in rows if r["id"].endswith("_1")][:6] + [e.dialogue for e in dialogs.examples(3)]
-    max_prompt = max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
+    max_prompt = prompts.prompt_budget(cfg.data, encoder_decoder=False)
     return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, t, max_prompt) for t in texts]
 
 

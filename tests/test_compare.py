@@ -124,7 +124,7 @@ def test_compare_local_runs_writes_table_csv_and_chart(runs, tmp_path: Path) -> 
         assert qlora[header] == cell(runs.qlora_metrics["finetuned"], metric)
         assert zero["shared"][header] == zero[LORA][header] == cell(runs.qlora_metrics["base"], metric)
     assert lora["train time"] == "30.0 min"
-    assert lora["cost"] == "$1.41"  # one hour on an A10G at ml.g5.xlarge's $1.408/h from launch/prices.json
+    assert lora["cost"] == "$1.41"  # one hour on an A10G at ml.g5.xlarge's $1.408/h from job/prices.json
     train = runs.qlora_metrics["train"]
     share = 100 * train["trainable_params"] / train["total_params"]
     assert qlora["trainable params"] == f"{train['trainable_params']:,} ({share:.2f}%)"
@@ -280,7 +280,7 @@ def test_refusals(runs, tmp_path: Path) -> None:
     ],
 )
 def test_catalog_gpu_from_torch_device_names(device: str, gpu: str | None) -> None:
-    from launch import catalog
+    from job import catalog
 
     assert compare.catalog_gpu(device, list(catalog.GPUS)) == gpu
     price = compare.catalog_price(device)
@@ -419,3 +419,22 @@ def test_hub_refusals(hub) -> None:
     hub.fail = RepositoryNotFoundError("404 Repository Not Found", response=response)
     with pytest.raises(ConfigInputError, match="does not exist or is private to another account"):
         compare.read_run("hf://acme/missing")
+
+
+def test_compare_never_writes_into_a_complete_run_and_keeps_existing_files(runs, tmp_path: Path) -> None:
+    from job.errors import OutputError
+
+    before = {p: p.read_bytes() for p in runs.qlora.rglob("*") if p.is_file()}
+    for out in (runs.qlora, runs.qlora / "adapter"):
+        with pytest.raises(OutputError, match=r"--out .* lies in the complete run folder .* never written again"):
+            compare.main([str(runs.qlora), "--out", str(out), "--overwrite"])
+    assert {p: p.read_bytes() for p in runs.qlora.rglob("*") if p.is_file()} == before
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "comparison.md").write_text("mine\n")
+    with pytest.raises(OutputError, match=r"comparison\.md exists; pass --overwrite to replace it"):
+        compare.main([str(runs.qlora), "--out", str(out)])
+    assert (out / "comparison.md").read_text() == "mine\n" and not (out / "comparison.csv").exists()
+    assert compare.main([str(runs.qlora), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "comparison.md").read_text().startswith("# ROUGE comparison")

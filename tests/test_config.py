@@ -152,3 +152,41 @@ def test_help_lists_every_key_and_the_presets():
         for sub in C.Config().to_dict()[key] if isinstance(C.Config().to_dict()[key], dict) else []:
             assert f"{key}.{sub} (" in train.stdout, f"{key}.{sub} missing from train --help"
     assert "Hub id" in train.stdout  # field docstrings are shown
+
+
+@pytest.mark.parametrize(
+    ("method", "why"),
+    [("full", "method=full trains every weight"), ("prompt_tuning", "method=prompt_tuning trains a soft prompt")],
+)
+def test_merge_is_refused_for_methods_without_an_adapter_to_merge(method, why):
+    with pytest.raises(C.ConfigError) as e:
+        C.resolve("test", [f"method={method}", "output.merge=true"])
+    (problem,) = e.value.problems
+    assert problem.startswith("output.merge=true") and why in problem and "set output.merge=false" in problem
+
+
+def test_value_checks_run_alongside_type_errors():
+    with pytest.raises(C.ConfigError) as e:
+        C.resolve("test", ["lora.r=abc", "train.learning_rate=-1", "method=full", "output.merge=true"])
+    problems = e.value.problems
+    assert len(problems) == 3, problems
+    assert problems[0] == "lora.r must be int, got 'abc'"
+    assert any(p.startswith("train.learning_rate must be > 0") for p in problems)
+    assert any(p.startswith("output.merge=true") for p in problems)
+
+
+def test_a_rule_reading_a_mistyped_key_is_skipped_not_judged_on_its_default():
+    # method=fulll falls back to qlora while it is reported; "qlora needs a 4-bit base" would be a false second problem
+    with pytest.raises(C.ConfigError) as e:
+        C.resolve("test", ["method=fulll", "model.load_in_4bit=false"])
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith("method must be one of")
+
+
+def test_an_empty_target_module_list_is_refused():
+    with pytest.raises(C.ConfigError, match=r"lora\.target_modules names no module"):
+        C.resolve("test", ["lora.target_modules=[]"])
+
+
+def test_each_section_states_its_own_rules():
+    assert [p.keys for p in C.TrainConfig(learning_rate=0).problems()] == [("train.learning_rate",)]
+    assert C.LoraConfig().problems() == [] and C.Config().problems() == []

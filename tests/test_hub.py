@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from job import config as config_mod
-from job import hub, publish
+from job import destination, hub, publish
 from job.errors import AuthError, PublishError
 from tests.conftest import job_env, run_job
 from tests.test_publish import make_run
@@ -274,18 +274,33 @@ def test_publish_cli_to_the_hub(tmp_path, stand_in):
     assert stand_in.commits[0].repo == "team/cli-repo"
     assert "from environment variable HF_TOKEN" in result.stderr
     assert TOKEN not in result.stdout + result.stderr
+    assert [p for _, p in stand_in.requests].count("/api/whoami-v2") == 1  # one owner asks who the token is, once
 
 
 def hub_check(monkeypatch, token: str) -> None:
     monkeypatch.setenv("HF_TOKEN", token)
-    publish.check_destination(config_mod.resolve("test", ["output.uri=hf://team/repo", "output.run_name=r"]))
+    cfg = config_mod.resolve("test", ["output.uri=hf://team/repo", "output.run_name=r"])
+    destination.check(cfg, token or None, destination.hub_account(token) if token else None)  # as train and publish do
+
+
+@pytest.mark.parametrize("repo", ["team/new-repo", "team/existing"])
+def test_preflight_asks_the_hub_who_the_token_is_once(stand_in, tmp_path, repo):
+    from job import preflight
+
+    stand_in.created.append({"organization": "team", "name": "existing"})
+    cfg = config_mod.resolve("test", [f"output.uri=hf://{repo}", "output.run_name=r", f"output.local_dir={tmp_path}"])
+    preflight.check(cfg, TOKEN)
+    assert [p for _, p in stand_in.requests].count("/api/whoami-v2") == 1
+    assert ("GET", f"/api/models/{repo}/auth-check/write") in stand_in.requests  # the write check still ran
 
 
 def test_hub_destination_is_checked_before_training(stand_in, monkeypatch, tmp_path):
     hub_check(monkeypatch, "hf_write0000000000000")
     with pytest.raises(AuthError, match="token of alice is read-only; publishing to hf://team/repo needs a write"):
         hub_check(monkeypatch, "hf_read00000000000000")
-    with pytest.raises(AuthError, match="token is invalid or expired"):
+    with pytest.raises(
+        AuthError, match=r"token was refused by http://127\.0\.0\.1:\d+ \(invalid, expired or revoked\)"
+    ):
         hub_check(monkeypatch, "hf_invalid00000000000")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(AuthError, match="needs a Hugging Face token with write access: set HF_TOKEN"):
@@ -306,3 +321,57 @@ def test_card_for_a_local_base_model_and_other_data(tmp_path):
     assert (meta["license"], meta["license_name"]) == ("other", "base-model-license")
     assert "dialogsum" not in meta["tags"]
     assert "carries its own licence; check it before using or sharing this adapter" in card
+
+
+def make_full_run(parent: Path, name: str, encoder_decoder: bool = False) -> Path:
+    """A method=full run: the whole model in model/, no adapter."""
+    run = parent / name
+    model = {"model_type": "t5" if encoder_decoder else "llama", "is_encoder_decoder": encoder_decoder}
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text(json.dumps(model))
+    (run / "model" / "model.safetensors").write_bytes(os.urandom(4096))
+    (run / "model" / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE"}}))
+    make_run(parent, name)
+    for stale in ("adapter", "base_model"):  # make_run writes an adapter layout; a full run has neither
+        for path in sorted((run / stale).rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        (run / stale).rmdir()
+    cfg = config_mod.resolve(str(run / "config.yaml"), ["method=full"])
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    publish.rundir.write_manifest(run, cfg, publish.rundir.now())
+    return run
+
+
+@pytest.mark.parametrize("encoder_decoder", [False, True], ids=["decoder", "encoder-decoder"])
+def test_a_full_fine_tune_publishes_the_whole_model_with_a_card_that_says_so(tmp_path, stand_in, encoder_decoder):
+    run = make_full_run(tmp_path, "run-f", encoder_decoder)
+    publish.deliver(run, llama_config(run, "hf://team/full", "method=full"))
+    (commit,) = stand_in.commits
+    assert set(commit.files) == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.json",
+        "report.md",
+        "loss.png",
+        "config.yaml",
+        "README.md",
+    }
+    assert commit.files["model.safetensors"] == (run / "model/model.safetensors").read_bytes()
+    card = commit.files["README.md"].decode()
+    meta = front_matter(card)
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == ("text2text-generation" if encoder_decoder else "text-generation")
+    assert "adapter" not in card.lower() and "peft" not in card.lower() and "LoRA r=" not in card
+    auto = "AutoModelForSeq2SeqLM" if encoder_decoder else "AutoModelForCausalLM"
+    assert f'model = {auto}.from_pretrained("team/full")' in card
+    assert "every weight of `meta-llama/Llama-3.2-3B-Instruct` fine-tuned" in card
+
+
+def test_the_card_names_each_peft_method_and_its_loader(tmp_path):
+    run = make_run(tmp_path, "run-a")
+    lora = hub.model_card(run, llama_config(run, "hf://team/x", "method=lora"), "team/x")
+    assert "A LoRA adapter for" in lora and "AutoPeftModelForCausalLM" in lora and "LoRA r=8 alpha=16" in lora
+    soft = hub.model_card(run, llama_config(run, "hf://team/x", "method=prompt_tuning"), "team/x")
+    assert "A prompt-tuning adapter (20 virtual tokens) for" in soft and "LoRA" not in soft
+    assert front_matter(soft)["library_name"] == "peft"

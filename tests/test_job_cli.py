@@ -138,3 +138,39 @@ def test_predict_from_another_process(trained_run, tmp_path):
     assert [g["id"] for g in got] == [r["id"] for r in rows]
     # same weights, same prompt, greedy: the summaries the run scored
     assert [g["summary"] for g in got] == [r["finetuned"] for r in rows]
+
+
+def test_predict_never_writes_into_a_complete_run_and_keeps_an_existing_file(tmp_path):
+    import pytest
+
+    from job import predict
+    from job.errors import OutputError
+    from tests.test_publish import make_run
+
+    run = make_run(tmp_path, "done")  # complete (it holds manifest.json); the model is never loaded here
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "1", "dialogue": "#Person1#: Hi."}\n')
+    metrics = (run / "metrics.json").read_bytes()
+    for target in (run / "metrics.json", run / "new.jsonl", run / "adapter" / "out.jsonl"):
+        for extra in ([], ["--overwrite"]):
+            with pytest.raises(OutputError, match=r"lies in the complete run folder .*/done .*never written again"):
+                predict.main(["--run", str(run), "--input", str(src), "--output", str(target), *extra])
+    assert (run / "metrics.json").read_bytes() == metrics and not (run / "new.jsonl").exists()
+    assert rundir.verify(run) == []
+
+    kept = tmp_path / "summaries.jsonl"
+    kept.write_text("mine\n")
+    with pytest.raises(OutputError, match=r"--output .*summaries\.jsonl exists; pass --overwrite to replace it"):
+        predict.main(["--run", str(run), "--input", str(src), "--output", str(kept)])
+    assert kept.read_text() == "mine\n"
+
+
+def test_predict_overwrite_replaces_an_existing_file(trained_run, tmp_path):
+    src = tmp_path / "in.jsonl"
+    row = json.loads((trained_run.dir / "predictions.jsonl").read_text().splitlines()[0])
+    src.write_text(json.dumps({"id": row["id"], "dialogue": row["dialogue"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    proc = run_job("predict", "--run", str(trained_run.dir), "--input", str(src), "--output", str(out), "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["summary"] == row["finetuned"]

@@ -162,3 +162,39 @@ def test_shots_that_overflow_the_context_are_a_clear_error():
         train.in_context_prompts(
             cfg, load_tokenizer(), _Small, splits["train"], data.unique_dialogues(splits["test"], 2), "few_shot"
         )
+
+
+def test_predict_cuts_t5_prompts_as_the_evaluation_did(tmp_path, monkeypatch):
+    """An encoder-decoder's prompt may fill data.max_length (the summary is the decoder's, not the encoder's): with
+    dialogues longer than data.max_length - data.max_summary_tokens, predict must cut them where the evaluation and
+    training did, and so reproduce predictions.jsonl."""
+    cut = ["data.max_length=64", "data.max_summary_tokens=32", "eval.num_dialogues=3", "train.max_steps=2"]
+    proc = run_job(
+        "train", "--config", "test", "model.name=builtin:tiny-t5", "eval.base=false", *cut,
+        f"output.uri={tmp_path}", "output.run_name=t5-cut",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "t5-cut"
+    cfg = C.build(C.read_yaml(str(run / "config.yaml")))
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": r["id"], "dialogue": r["dialogue"]}) + "\n" for r in rows))
+
+    from job import generation, modeling, predict, prompts
+
+    seen = []  # a spy: the real generate runs, with the prompts predict built
+
+    def recording_generate(model, tokenizer, ids, *args, **kwargs):
+        seen.append((tokenizer, ids))
+        return real_generate(model, tokenizer, ids, *args, **kwargs)
+
+    real_generate = generation.generate
+    monkeypatch.setattr(generation, "generate", recording_generate)
+    out = tmp_path / "out.jsonl"
+    assert predict.main(["--run", str(run), "--input", str(src), "--output", str(out)]) == 0
+    assert [json.loads(line)["summary"] for line in out.read_text().splitlines()] == [r["finetuned"] for r in rows]
+    ((tokenizer, ids),) = seen
+    trained = [prompts.encode_example(tokenizer, cfg.data, r["dialogue"], "x", encoder_decoder=True) for r in rows]
+    assert all(t.truncated for t in trained)  # every dialogue is long enough to be cut
+    assert ids == [t.input_ids for t in trained]  # cut where training cut the encoder input
+    assert modeling.is_encoder_decoder(str(run / "base_model"), cfg)

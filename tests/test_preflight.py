@@ -24,7 +24,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from job import config as config_mod
-from job import memory, preflight
+from job import destination, memory, preflight
 from job.errors import AuthError, ConfigInputError, DataError, OutputError, ResourceError
 
 ALICE = "hf_aliceWriteToken000000000000"
@@ -247,8 +247,8 @@ def test_an_unreachable_hub_does_not_stop_the_token_check(monkeypatch, caplog):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    with caplog.at_level(logging.WARNING, logger="job.preflight"):
-        preflight.check_token(resolve("model.name=someone/public"), ALICE)
+    with caplog.at_level(logging.WARNING, logger="job.destination"):
+        assert preflight.check_token(resolve("model.name=someone/public"), ALICE) is None
     assert "could not check the Hugging Face token" in caplog.text
 
 
@@ -265,12 +265,15 @@ def test_an_unreachable_hub_does_not_stop_the_token_check(monkeypatch, caplog):
     ],
 )
 def test_hub_write_permission(hub, repo, problem):
+    account = destination.hub_account(ALICE)
+    HubAccess.seen.clear()
     if problem is None:
-        preflight.check_hub_write(repo, ALICE)
+        destination.check_hub_write(repo, ALICE, account)
     else:
         with pytest.raises(AuthError, match=problem):
-            preflight.check_hub_write(repo, ALICE)
+            destination.check_hub_write(repo, ALICE, account)
     assert HubAccess.seen[0] == f"/api/models/{repo}/auth-check/write"
+    assert "/api/whoami-v2" not in HubAccess.seen  # the account was asked once, before
 
 
 def test_hub_data_sets(hub):
@@ -315,7 +318,7 @@ def test_a_bucket_that_can_be_read_but_not_written(s3_server, as_user):
 
 def test_a_writable_prefix_passes_and_the_probe_is_gone(s3_server, as_user, caplog):
     as_user(s3_server.writer)
-    with caplog.at_level(logging.INFO, logger="job.preflight"):
+    with caplog.at_level(logging.INFO, logger="job.destination"):
         preflight.check_destination(s3_config(f"s3://{BUCKET}/runs/"), None)
     assert f"destination s3://{BUCKET}/runs: writable" in caplog.text
     listed = s3_server.client(s3_server.admin).list_objects_v2(Bucket=BUCKET).get("Contents", [])

@@ -21,7 +21,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from job import config as config_mod
-from job import publish, rundir
+from job import destination, publish, rundir
 from job.errors import AuthError, OutputError, PublishError
 from tests.conftest import job_env, run_job
 
@@ -384,7 +384,7 @@ def test_train_delivers_to_s3_and_a_failed_delivery_is_finished_by_publish(tmp_p
 
 def test_destination_is_checked_before_training(tmp_path, s3, proxy, monkeypatch):
     def check(uri: str, run_name: str = "next-run") -> None:
-        publish.check_destination(config_mod.resolve("test", [f"output.uri={uri}", f"output.run_name={run_name}"]))
+        destination.check(config_mod.resolve("test", [f"output.uri={uri}", f"output.run_name={run_name}"]), None)
 
     check(f"s3://{BUCKET}/runs")
     with pytest.raises(OutputError, match="bucket no-such-bucket does not exist; create it or fix output.uri"):
@@ -408,4 +408,4 @@ def test_destination_check_without_aws_credentials(tmp_path, monkeypatch):
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # forget credentials an earlier test's session resolved
     cfg = config_mod.resolve("test", ["output.uri=s3://bucket/runs", "output.run_name=r"])
     with pytest.raises(AuthError, match="no AWS credentials to write s3://bucket/runs: run with an IAM role"):
-        publish.check_destination(cfg)
+        destination.check(cfg, None)
