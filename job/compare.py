@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from job import catalog, rundir
+from job import uri as uri_mod
 from job.errors import AuthError, ConfigInputError, DataError, OutputError
 
 log = logging.getLogger("job.compare")
@@ -68,14 +69,21 @@ class Run:
 def read_run(source: str) -> Run:
     """The run's metrics.json (and config.yaml, when there) from wherever it lies; one clear error when it is not a
     finished run."""
-    if source.startswith("s3://"):
-        data, config = _read_s3(source)
-    elif source.startswith("hf://"):
-        data, config = _read_hub(source)
-    elif "://" in source and not source.startswith("file://"):
+    scheme = uri_mod.scheme_of(source)
+    if scheme not in ("local", "s3", "hf"):
         raise ConfigInputError(f"{source}: a RUN is a local run folder, s3://bucket/prefix/<run> or hf://owner/repo")
+    try:
+        where = uri_mod.parse(source, "RUN", revision=True)
+    except uri_mod.LocationError as e:
+        if scheme == "local":  # `s3:bucket/run`: a slash short
+            raise ConfigInputError(str(e)) from None
+        where = None  # s3:// and hf:// sources get their own wording below
+    if scheme == "s3":
+        data, config = _read_s3(source, where)
+    elif scheme == "hf":
+        data, config = _read_hub(source, where)
     else:
-        data, config = _read_local(Path(source.removeprefix("file://")).expanduser())
+        data, config = _read_local(where.local_path())
     return Run(source, _parse_metrics(data, source), _quantized(config, source))
 
 
@@ -115,12 +123,12 @@ def _read_local(folder: Path) -> tuple[bytes, bytes | None]:
     return path.read_bytes(), config.read_bytes() if config.is_file() else None
 
 
-def _read_s3(uri: str) -> tuple[bytes, bytes | None]:
+def _read_s3(uri: str, where: uri_mod.Location | None) -> tuple[bytes, bytes | None]:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from job.publish import s3_client, split_s3
+    from job.publish import s3_client
 
-    bucket, prefix = split_s3(uri.rstrip("/"))
+    bucket, prefix = (where.bucket, where.prefix) if where else ("", "")
     if not bucket or not prefix:
         raise ConfigInputError(f"{uri}: name the run's own prefix, s3://bucket/prefix/<run name>")
     client = s3_client()
@@ -171,7 +179,7 @@ def _s3_code(error: Exception) -> str:
     return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def _read_hub(uri: str) -> tuple[bytes, bytes | None]:
+def _read_hub(uri: str, where: uri_mod.Location | None) -> tuple[bytes, bytes | None]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -184,8 +192,8 @@ def _read_hub(uri: str) -> tuple[bytes, bytes | None]:
 
     from job import secrets
 
-    repo_id, _, revision = uri.removeprefix("hf://").strip("/").partition("@")
-    if not secrets.is_hub_id(repo_id) or "@" in revision:
+    repo_id, revision = (where.repo_id, where.revision) if where else ("", "")
+    if not secrets.is_hub_id(repo_id):
         raise ConfigInputError(f"{uri}: a Hub run is hf://owner/repo or hf://owner/repo@revision")
     secrets.resolve_hf_token()  # private repos (the default for published runs) need it
     try:

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from job import uri as uri_mod
+
 METHODS = ("qlora", "lora", "full", "prompt_tuning")
 
 
@@ -302,26 +304,17 @@ class OutputConfig:
     private: bool = True
     """Create Hub repositories as private."""
 
+    @property
+    def location(self) -> uri_mod.Location:
+        """`uri` parsed (the config is validated first, so it parses)."""
+        return uri_mod.parse(self.uri)
+
     def problems(self) -> list[Problem]:
         p = []
-        uri = self.uri
-        scheme = uri.split("://", 1)[0] if "://" in uri else ""
-        if not scheme and uri.lower().startswith(("s3:", "hf:")):
-            p.append(
-                _rule("output.uri", f"output.uri {uri!r} is missing a slash; use s3://bucket/prefix or hf://owner/repo")
-            )
-        if scheme not in ("", "s3", "hf", "file"):
-            p.append(
-                _rule(
-                    "output.uri",
-                    f"output.uri {uri!r}: unknown scheme {scheme}://; use a local folder, s3://bucket/prefix or "
-                    "hf://owner/repo",
-                )
-            )
-        elif scheme == "s3" and not uri[5:].split("/", 1)[0]:
-            p.append(_rule("output.uri", f"output.uri {uri!r} names no bucket; use s3://bucket/prefix"))
-        elif scheme == "hf" and len([x for x in uri[5:].split("/") if x]) != 2:
-            p.append(_rule("output.uri", f"output.uri {uri!r} must be hf://owner/repo"))
+        try:
+            uri_mod.parse(self.uri)
+        except uri_mod.LocationError as e:
+            p.append(_rule("output.uri", str(e)))
         name = self.run_name
         if name is not None and (not name or "/" in name or name in (".", "..")):
             p.append(_rule("output.run_name", f"output.run_name must be a plain folder name, got {name!r}"))

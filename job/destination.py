@@ -29,11 +29,11 @@ def check(cfg: Config, token: str | None, account: dict[str, Any] | None = None)
     """Raise a JobError when `cfg.output.uri` cannot take the run; a local folder was already probed when the run
     folder was made (rundir.prepare). `account`: the Hub's whoami answer for `token` (hub_account), None when the
     Hub did not answer. Needs `output.run_name` set."""
-    uri = cfg.output.uri.rstrip("/")
-    if uri.startswith("s3://"):
-        check_s3(uri, cfg.output.run_name)
-    elif uri.startswith("hf://"):
-        check_hub(uri.removeprefix("hf://").strip("/"), token, account)
+    where = cfg.output.location
+    if where.scheme == "s3":
+        check_s3(where.uri, cfg.output.run_name)
+    elif where.scheme == "hf":
+        check_hub(where.repo_id, token, account)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def check(cfg: Config, token: str | None) -> None:
     if hub_answers:
         attempt(lambda: secrets.check_model_access(cfg.model.name, token, cfg.model.revision))
     attempt(lambda: check_data(cfg, token, ask_hub=hub_answers))
-    if hub_answers or not cfg.output.uri.startswith("hf://"):
+    if hub_answers or cfg.output.location.scheme != "hf":
         attempt(lambda: check_destination(cfg, token, account[0] if account else None))
     attempt(lambda: check_disk(cfg))
     if problems:
@@ -136,7 +136,7 @@ def check_token(cfg: Config, token: str | None) -> dict[str, Any] | None:
     every request, which the access checks would otherwise report as a missing repository or skip. Returns the
     Hub's answer (who the token is) for the destination check, None when there was nothing to ask or no answer."""
     uses_hub = (
-        secrets.is_hub_id(cfg.model.name) or isinstance(_data_location(cfg), str) or cfg.output.uri.startswith("hf://")
+        secrets.is_hub_id(cfg.model.name) or isinstance(_data_location(cfg), str) or cfg.output.location.scheme == "hf"
     )
     if not token or not uses_hub:
         return None
@@ -274,7 +274,7 @@ def disk_needs(cfg: Config) -> list[DiskNeed]:
         DiskNeed("checkpoints", checkpoints, per_checkpoint * (cfg.train.save_total_limit + 2), "train.checkpoint_dir")
     )
     outputs = lora * 4 + (counts["total"] * 2 if cfg.output.merge else 0)
-    where = "output.uri" if not rundir.is_remote(cfg.output.uri) else "output.local_dir"
+    where = "output.uri" if not cfg.output.location.remote else "output.local_dir"
     needs.append(
         DiskNeed("the run folder" + (" with the merged model" if cfg.output.merge else ""), run_dir, outputs, where)
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from job import config as config_mod
 from job import hub, merge, rundir, secrets
+from job import uri as uri_mod
 from job.config import Config
 from job.errors import OutputError, PublishError
 
@@ -75,13 +76,14 @@ def _merged_outside(run_dir: Path) -> list[tuple[Path, str]]:
 
 def deliver(run_dir: Path, cfg: Config) -> str:
     """Copy the finished run to `cfg.output.uri` (s3:// or hf://) and return where it landed."""
-    uri = cfg.output.uri.rstrip("/")
+    where = cfg.output.location
+    uri = where.uri
     files = run_files(run_dir)
     try:
-        if uri.startswith("s3://"):
+        if where.scheme == "s3":
             return _deliver_s3(files, uri, run_dir.name)
-        if uri.startswith("hf://"):
-            return _deliver_hub(run_dir, cfg, files, uri)
+        if where.scheme == "hf":
+            return _deliver_hub(run_dir, cfg, files, where.repo_id)
     except OutputError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever broke the upload, the user needs the way to finish it
@@ -101,9 +103,8 @@ def _recovery(run_dir: Path, uri: str, error: Exception) -> str:
 
 def split_s3(uri: str, run_name: str | None = None) -> tuple[str, str]:
     """`s3://bucket/a/b` -> (`bucket`, `a/b`); with a run name, the run's own prefix (`a/b/run`)."""
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    parts = [p for p in (prefix.strip("/"), run_name) if p]
-    return bucket, "/".join(parts)
+    where = uri_mod.parse(uri)
+    return where.bucket, where.key(run_name)
 
 
 def s3_client():
@@ -181,10 +182,9 @@ def _verify_size(client, bucket: str, key: str, expected: int) -> None:
         raise OSError(f"s3://{bucket}/{key} has {landed} bytes after upload, the local file {expected}")
 
 
-def _deliver_hub(run_dir: Path, cfg: Config, files: list[tuple[Path, str]], uri: str) -> str:
+def _deliver_hub(run_dir: Path, cfg: Config, files: list[tuple[Path, str]], repo_id: str) -> str:
     from huggingface_hub import get_token
 
-    repo_id = uri.removeprefix("hf://").strip("/")
     if not get_token():
         raise PermissionError(
             "no Hugging Face token: set HF_TOKEN (or HF_TOKEN_FILE, HF_TOKEN_SECRET_ID, the Kaggle secret HF_TOKEN) "
@@ -230,11 +230,11 @@ def main(argv: list[str]) -> int:
         raise OutputError(f"{run_dir} is not a folder; pass the path of a finished run folder")
     run_files(run_dir)  # refuse an unfinished or altered run before anything else
     cfg = _run_config(run_dir, args.to)
-    if not cfg.output.uri.startswith(("s3://", "hf://")):
+    if not cfg.output.location.remote:
         raise OutputError(f"--to {cfg.output.uri!r}: publish to s3://bucket/prefix or hf://owner/repo")
     from job import destination
 
-    token = secrets.resolve_hf_token() if cfg.output.uri.startswith("hf://") else None
+    token = secrets.resolve_hf_token() if cfg.output.location.scheme == "hf" else None
     cfg.output.run_name = run_dir.name
     destination.check(cfg, token, destination.hub_account(token) if token else None)
     print(deliver(run_dir, cfg))

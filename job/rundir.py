@@ -46,18 +46,14 @@ def base_model_path(cfg: Config, run_dir: Path) -> str:
     return str(run_dir / BASE_MODEL) if builtin.is_builtin(cfg.model.name) else cfg.model.name
 
 
-def is_remote(uri: str) -> bool:
-    return uri.startswith(("s3://", "hf://"))
-
-
 def local_parent(cfg: Config) -> Path:
     """Where the complete run folder is written: SageMaker's model folder on SageMaker; the URI itself when it is a
     local folder; `output.local_dir` (or /kaggle/working/runs on Kaggle, ./runs elsewhere) before an upload."""
     model_dir = runtime.model_dir()
     if model_dir is not None:
         return model_dir
-    if not is_remote(cfg.output.uri):
-        return Path(cfg.output.uri.removeprefix("file://")).expanduser()
+    if not cfg.output.location.remote:
+        return cfg.output.location.local_path()
     if cfg.output.local_dir:
         return Path(cfg.output.local_dir).expanduser()
     if runtime.platform() == "kaggle":

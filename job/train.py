@@ -327,9 +327,8 @@ def finish_run_folder(cfg: Config, run_dir: Path, checkpoint_dir: Path) -> None:
 
 def publish_run(cfg: Config, run_dir: Path) -> None:
     """Deliver the complete run folder to an s3:// or hf:// output.uri (a local one is already in place)."""
-    from job import rundir
 
-    if rundir.is_remote(cfg.output.uri):
+    if cfg.output.location.remote:
         from job import publish
 
         where = publish.deliver(run_dir, cfg)
