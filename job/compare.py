@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from job import catalog, rundir
+from job import catalog, rundir, tables
 from job import uri as uri_mod
 from job.errors import AuthError, ConfigInputError, DataError, OutputError
+from job.tables import METRIC_NAMES, METRICS
 
 log = logging.getLogger("job.compare")
 
-METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 CHART_METRICS = ("rouge1", "rouge2", "rougeL")
 CHART_COLORS = ("#4c72b0", "#dd8452", "#55a868")
 
@@ -419,14 +418,9 @@ def sort_rows(rows: list[Row], metric: str) -> list[Row]:
 # Formatting: markdown, CSV
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
 def rouge_cell(row: Row, metric: str) -> str:
     interval = row.interval(metric)
-    value = _pct(row.scores[metric])
-    return f"{value} ({_pct(interval[0])}-{_pct(interval[1])})" if interval else value
+    return tables.score_cell({metric: row.scores[metric], "ci95": {metric: interval} if interval else {}}, metric)
 
 
 def model_cell(row: Row) -> str:

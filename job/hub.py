@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from job import tables
 from job.config import Config
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ SUBFOLDERS = ("merged", "base_model")
 RETRY_DELAYS = (2.0, 8.0, 30.0)
 """Seconds to wait before each new attempt after a transient Hub error (429, 5xx, network)."""
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 DIALOGSUM_LICENSE = "CC BY-NC-SA 4.0"
 
@@ -127,23 +127,8 @@ def _base_license_text(cfg: Config, license_id: str | None) -> str:
     )
 
 
-def _number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
-
-
-def _ci(scores: dict[str, Any], key: str) -> str:
-    interval = (scores.get("ci95") or {}).get(key)
-    if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        return f"[{_number(interval[0])}, {_number(interval[1])}]"
-    return ""
-
-
 def _results_table(metrics: dict[str, Any]) -> str:
-    base, tuned = metrics.get("base") or {}, metrics.get("finetuned") or {}
-    rows = ["| metric | base | fine-tuned | fine-tuned 95% CI |", "|---|---|---|---|"]
-    for key in ROUGE_KEYS:
-        rows.append(f"| {key} | {_number(base.get(key))} | {_number(tuned.get(key))} | {_ci(tuned, key)} |")
-    return "\n".join(rows)
+    return tables.caption(metrics) + ".\n\n" + tables.markdown(tables.rouge_rows(metrics, change=True))
 
 
 def encoder_decoder(run_dir: Path, cfg: Config) -> bool:
@@ -205,7 +190,7 @@ def _card_data(cfg: Config, metrics: dict[str, Any], repo_id: str, license_id: s
             metric_config=key,
             metric_value=tuned[key],
         )
-        for key in ROUGE_KEYS
+        for key in tables.METRICS
         if isinstance(tuned.get(key), (int, float))
     ]
     from job.secrets import is_hub_id

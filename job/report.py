@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from job.scoring import METRICS
+from job import tables
 
 
 def plot_loss(history: list[dict], path: Path) -> None:
@@ -31,18 +31,9 @@ def plot_loss(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
 def _loss(x: float | None) -> str:
     """A loss to 4 significant digits: the differences between runs show, float noise does not."""
     return "None" if x is None else f"{x:.4g}"
-
-
-def _row(label: str, block: dict) -> str:
-    cells = [f"{_pct(block[m])} ({_pct(block['ci95'][m][0])}-{_pct(block['ci95'][m][1])})" for m in METRICS]
-    return f"| {label} | " + " | ".join(cells) + f" | {block['avg_words']:.1f} | {block['length_ratio']:.2f} |"
 
 
 def _escape(text: str) -> str:
@@ -69,23 +60,12 @@ def write_report(path: Path, metrics: dict, predictions: list[dict], samples: in
         f"dialogue-reference pair, with its 95% bootstrap interval. Greedy decoding, max_new_tokens "
         f"{gen['max_new_tokens']}.",
         "",
-        "| model | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | avg words | length ratio |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for key, label in (("base", "base (zero-shot)"), ("finetuned", "fine-tuned")):
-        if metrics.get(key):
-            lines.append(_row(label, metrics[key]))
-    lines += [
+        tables.markdown(tables.rouge_rows(metrics, baselines=False, lengths=True)),
         "",
         "Best reference per dialogue (multi-reference):",
         "",
-        "| model | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum |",
-        "|---|---|---|---|---|",
+        tables.markdown(tables.rouge_rows(metrics, baselines=False, multi_reference=True)),
     ]
-    for key, label in (("base", "base (zero-shot)"), ("finetuned", "fine-tuned")):
-        if metrics.get(key):
-            multi = metrics[key]["multi_reference"]
-            lines.append(f"| {label} | " + " | ".join(_pct(multi[m]) for m in METRICS) + " |")
     lines += ["", "## Output lengths", ""]
     for key, label in (("base", "base"), ("finetuned", "fine-tuned")):
         if metrics.get(key):

@@ -13,7 +13,8 @@ from importlib.metadata import version
 
 import numpy as np
 
-METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+from job.tables import METRICS
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9#])")
 
 

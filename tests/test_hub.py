@@ -206,7 +206,10 @@ def test_model_card_metadata_and_licences(tmp_path, stand_in):
     ]
     assert "CC BY-NC-SA 4.0" in card
     assert "Llama models carry Meta's own licence" in card
-    assert "| rouge1 | 0.1000 | 0.4000 | [0.3000, 0.5000] |" in card
+    # The card's table is the report's and the launchers' (job.tables): percent, interval, change from base.
+    assert "| model | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum |" in card
+    assert "| base (zero-shot) | 10.00 |" in card and "| fine-tuned | 40.00 (30.00-50.00) |" in card
+    assert "| change (fine-tuned - base) | +30.00 |" in card
     assert "quantization error" not in card  # no merged model in this run
 
 
