@@ -2,17 +2,14 @@
 
 The kernel drops SIGTERM for PID 1 unless the process installs a handler, so without one `docker stop`
 (and SageMaker's StopTrainingJob or a spot interruption) during start-up would wait out the grace period and
-end in SIGKILL. This handler exits at once; the job replaces it with its checkpointing handler when training
-starts. It runs in the same process as the job: no shell sits between the engine's signal and Python.
+end in SIGKILL. The job's start-up handler (job.runtime.exit_on_sigterm, which `python -m job` installs first
+thing on every path) exits at once; the job replaces it with its checkpointing handler when training starts. It runs
+in the same process as the job: no shell sits between the engine's signal and Python.
 """
 
 import runpy
-import signal
 
+from job import runtime
 
-def exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-signal.signal(signal.SIGTERM, exit_on_sigterm)
+runtime.exit_on_sigterm()
 runpy.run_module("job", run_name="__main__", alter_sys=True)

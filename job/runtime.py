@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,19 @@ def hyperparameters() -> dict[str, Any]:
 
 def exit_on_sigterm() -> None:
     """Make SIGTERM end this process at once with exit code 143, also as PID 1 (where the kernel drops a signal
-    that has no handler). For the start-up: training replaces this with its checkpointing handler."""
+    that has no handler). For the start-up: training replaces this with its checkpointing handler.
+
+    Before training there is nothing to save, so the process leaves without the interpreter's shutdown: a stop that
+    lands while a C extension (torch, bitsandbytes) is importing can make that shutdown crash (exit 139 instead of
+    143, seen once in the container under load)."""
 
     def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
 
