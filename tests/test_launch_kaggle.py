@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import responses
 
-from launch import kaggle
+from launch.kaggle import cli as kaggle
 
 REPO = Path(__file__).resolve().parents[1]
 API = "https://api.kaggle.com/v1/kernels.KernelsApiService"
@@ -622,7 +622,7 @@ def test_kernel_reads_the_attached_secret_without_printing_it(tmp_path, monkeypa
     (fakes / "kaggle_secrets.py").write_text(FAKE_SECRETS)
     monkeypatch.syspath_prepend(str(fakes))
     monkeypatch.setenv("FAKE_KAGGLE_SECRETS", json.dumps({"HF_TOKEN": PLANTED_HF + "\n"}))
-    from launch import kaggle_kernel
+    from launch.kaggle import kernel as kaggle_kernel
 
     assert kaggle_kernel.hf_token("meta-llama/Llama-3.2-3B-Instruct", KERNEL) == PLANTED_HF
     assert kaggle_kernel.hf_token("builtin:tiny-llama", KERNEL) is None
@@ -647,7 +647,7 @@ def test_time_budget_stops_the_job_with_sigterm(tmp_path):
     import signal
     import time
 
-    from launch.kaggle_kernel import run_job
+    from launch.kaggle.kernel import run_job
 
     before = signal.getsignal(signal.SIGTERM)
     started = time.monotonic()
@@ -663,7 +663,7 @@ def test_requirements_install_keeps_the_installed_torch(tmp_path, monkeypatch, c
     """The real pip of this environment, offline: requirements that are already satisfied need no index."""
     from importlib.metadata import version
 
-    from launch.kaggle_kernel import KernelError, install_requirements
+    from launch.kaggle.kernel import KernelError, install_requirements
 
     monkeypatch.delenv("DIALOGSUM_SKIP_INSTALL", raising=False)
     (tmp_path / "requirements.txt").write_text("pyyaml>=6\n")
@@ -677,7 +677,7 @@ def test_requirements_install_keeps_the_installed_torch(tmp_path, monkeypatch, c
 
 
 def test_two_gpus_run_the_job_under_torchrun(tmp_path, monkeypatch):
-    from launch.kaggle_kernel import job_command, processes
+    from launch.kaggle.kernel import job_command, processes
 
     settings = {"run_name": "r"}
     monkeypatch.delenv("DIALOGSUM_NPROC", raising=False)
@@ -692,7 +692,7 @@ def test_two_gpus_run_the_job_under_torchrun(tmp_path, monkeypatch):
 
 
 def test_previous_checkpoints_are_found_where_kaggle_mounts_them(tmp_path):
-    from launch.kaggle_kernel import previous_checkpoints
+    from launch.kaggle.kernel import previous_checkpoints
 
     assert previous_checkpoints(tmp_path, "dialogsum-test") is None
     nested = tmp_path / "notebooks" / "alice" / "dialogsum-test" / "checkpoints" / "checkpoint-6"

@@ -26,9 +26,9 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from job import config, logs, tables
-from launch import sagemaker as sm_cli
-from launch import sagemaker_follow as follow
-from launch import sagemaker_request as req
+from launch.sagemaker import cli as sm_cli
+from launch.sagemaker import follow
+from launch.sagemaker import request as req
 from launch import service_model
 
 REPO = Path(__file__).resolve().parent.parent

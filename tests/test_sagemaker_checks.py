@@ -23,8 +23,8 @@ from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 from sagemaker.core.helper import iam_role_resolver
 
-from launch import sagemaker as sm_cli
-from launch import sagemaker_request as req
+from launch.sagemaker import cli as sm_cli
+from launch.sagemaker import request as req
 from launch import service_model
 
 REPO = Path(__file__).resolve().parent.parent

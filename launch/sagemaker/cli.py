@@ -27,9 +27,9 @@ from typing import Any
 from job import config as config_mod
 from job import memory, tables
 from launch import catalog, service_model
-from launch import sagemaker_follow as follow_mod
-from launch import sagemaker_request as req
-from launch.sagemaker_follow import LaunchError
+from launch.sagemaker import follow as follow_mod
+from launch.sagemaker import request as req
+from launch.sagemaker.follow import LaunchError
 
 log = logging.getLogger("launch.sagemaker")
 

@@ -1,6 +1,6 @@
 """`python -m launch kaggle`: the job as a Kaggle GPU kernel, pushed, followed, resumed and fetched.
 
-The kernel is one code file (Kaggle uploads nothing else): `launch/kaggle_kernel.py` with the job's source, the
+The kernel is one code file (Kaggle uploads nothing else): `launch/kaggle/kernel.py` with the job's source, the
 resolved config and the requirements packed inside. The `kaggle` client is imported only where it is used, because
 importing it authenticates.
 """
@@ -30,9 +30,9 @@ from typing import Any
 from job import config as config_mod
 from job import memory, runtime, tables
 from launch import catalog
-from launch.kaggle_kernel import SESSION_LIMIT_FILE
+from launch.kaggle.kernel import SESSION_LIMIT_FILE
 
-KERNEL_TEMPLATE = Path(__file__).with_name("kaggle_kernel.py")
+KERNEL_TEMPLATE = Path(__file__).with_name("kernel.py")
 CODE_FILE = "dialogsum_kernel.py"
 JOB_PACKAGE = Path(config_mod.__file__).parent
 PYPROJECT = JOB_PACKAGE.parent / "pyproject.toml"
