@@ -26,10 +26,11 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from job import config, logs, tables
+from launch import service_model
+from launch.errors import LaunchError
 from launch.sagemaker import cli as sm_cli
 from launch.sagemaker import follow
 from launch.sagemaker import request as req
-from launch import service_model
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_3B = str(REPO / "job" / "presets" / "llama-3.2-3b-qlora.yaml")
@@ -552,7 +553,7 @@ def test_missing_output_bucket_says_how_to_create_it(aws, capsys: pytest.Capture
 
 def test_the_request_guard_stops_a_token_botocore_would_send(aws) -> None:
     sm_cli._refuse_secrets_handler({"Environment": {"A": "b"}, "HyperParameters": {"x": "y"}})
-    with pytest.raises(follow.LaunchError, match="HF_TOKEN"):
+    with pytest.raises(LaunchError, match="HF_TOKEN"):
         sm_cli._refuse_secrets_handler({"Environment": {"HF_TOKEN": TOKEN}})
 
 
@@ -610,9 +611,7 @@ def test_quota_check(answer: Any, outcome: str | None) -> None:
         else:
             stub.add_response("list_service_quotas", answer, {"ServiceCode": "sagemaker"})
         if outcome == "raises":
-            with pytest.raises(
-                follow.LaunchError, match=r"is 0, the job needs 1; request an increase at https://.*L-1234"
-            ):
+            with pytest.raises(LaunchError, match=r"is 0, the job needs 1; request an increase at https://.*L-1234"):
                 follow.check_quota(client, REGION, "ml.g6.xlarge", 1, spot=False)
         else:
             result = follow.check_quota(client, REGION, "ml.g6.xlarge", 1, spot=False)

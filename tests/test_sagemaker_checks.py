@@ -23,9 +23,10 @@ from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 from sagemaker.core.helper import iam_role_resolver
 
+from launch import service_model
+from launch.errors import LaunchError
 from launch.sagemaker import cli as sm_cli
 from launch.sagemaker import request as req
-from launch import service_model
 
 REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -399,5 +400,5 @@ def test_the_request_botocore_sends_is_checked_once_more() -> None:
         "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
     }
     sm_cli._check_request_handler(request)
-    with pytest.raises(sm_cli.LaunchError, match=r"Tags\[0\]\.Value: \"a,b\" holds ','.*fix --tags"):
+    with pytest.raises(LaunchError, match=r"Tags\[0\]\.Value: \"a,b\" holds ','.*fix --tags"):
         sm_cli._check_request_handler({**request, "Tags": [{"Key": "k", "Value": "a,b"}]})

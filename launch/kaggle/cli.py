@@ -30,6 +30,8 @@ from typing import Any
 from job import config as config_mod
 from job import memory, runtime, tables
 from launch import catalog
+from launch import cli as launch_cli
+from launch.errors import BadInput, Interrupted, LaunchError, NoCredentials, PlatformRefused, Resumable
 from launch.kaggle.kernel import SESSION_LIMIT_FILE
 
 KERNEL_TEMPLATE = Path(__file__).with_name("kernel.py")
@@ -49,18 +51,9 @@ STOP_AFTER_S = (SESSION_HOURS - 0.5) * 3600
 SHAPES: dict[str, tuple[str, int]] = {"NvidiaTeslaT4": ("T4", 2), "NvidiaTeslaP100": ("T4", 2)}
 DEFAULT_SHAPE = "NvidiaTeslaT4"
 
-EXIT_RESUME = 75  # EX_TEMPFAIL: the version stopped before the session limit; a --resume version continues it
 TERMINAL = {"COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"}
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{3,48}[a-z0-9]")
 OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-
-
-class LaunchError(Exception):
-    """One line saying what is wrong and how to fix it; `code` is the exit status."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,7 +82,7 @@ def parse_kernel(text: str) -> tuple[Kernel, int | None]:
         version = int(parts[2].lstrip("v"))
         parts = parts[:2]
     if len(parts) != 2 or not OWNER.fullmatch(parts[0]):
-        raise LaunchError(
+        raise BadInput(
             f"kernel {text!r} must look like OWNER/SLUG or OWNER/SLUG/VERSION (e.g. alice/dialogsum-qlora/3)"
         )
     check_slug(parts[1])
@@ -98,7 +91,7 @@ def parse_kernel(text: str) -> tuple[Kernel, int | None]:
 
 def check_slug(slug: str) -> None:
     if not SLUG.fullmatch(slug) or "--" in slug:
-        raise LaunchError(
+        raise BadInput(
             f"kernel slug {slug!r} must be 5-50 lowercase letters, digits and single hyphens (e.g. dialogsum-qlora)"
         )
 
@@ -299,10 +292,9 @@ def connect() -> Any:
     try:
         api.authenticate()
     except SystemExit:  # the client prints its own help, then exits
-        raise LaunchError(
+        raise NoCredentials(
             "no usable Kaggle credentials (none found, or the token was refused): create an API token at https://www.kaggle.com/settings (API > Create New Token) "
-            "and save it to ~/.kaggle/access_token or set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY)",
-            4,
+            "and save it to ~/.kaggle/access_token or set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY)"
         ) from None
     return api
 
@@ -338,10 +330,10 @@ def api_error(e: Exception, doing: str) -> LaunchError:
             404: "not found: check OWNER/SLUG (and the version number)",
             429: "Kaggle is rate-limiting this account: wait a minute and try again",
         }.get(status, str(e) or "unexpected answer")
-        return LaunchError(f"{doing}: HTTP {status}: {hint}", 3)
+        return PlatformRefused(f"{doing}: HTTP {status}: {hint}")
     if isinstance(e, requests.RequestException):
-        return LaunchError(f"{doing}: cannot reach Kaggle ({e.__class__.__name__}); check the network", 3)
-    return LaunchError(f"{doing}: {e}", 2)
+        return PlatformRefused(f"{doing}: cannot reach Kaggle ({e.__class__.__name__}); check the network")
+    return BadInput(f"{doing}: {e}")  # the client refused what it was given
 
 
 # What a source Kaggle could not attach means for the version, which is saved and runs without it.
@@ -366,7 +358,7 @@ def push(api: Any, folder: Path, kernel: Kernel, resume: bool) -> tuple[str, int
         message = f"Kaggle refused the push: {response.error}"
         if "phone" in message.lower():
             message += " (verify your phone at https://www.kaggle.com/settings)"
-        raise LaunchError(message, 3)
+        raise PlatformRefused(message)
     where = f"version {response.version_number}" if response.version_number else "the new version"
     warnings = []
     for field, what in SOURCE_FIELDS.items():
@@ -392,21 +384,18 @@ def check_resumable(api: Any, kernel: Kernel) -> None:
         status, failure = session_status(api, kernel, None)
     except Exception as e:  # noqa: BLE001
         if isinstance(e, requests.HTTPError) and e.response is not None and e.response.status_code == 404:
-            raise LaunchError(
-                f"--resume: {kernel.ref} has no version to resume from; push it without --resume"
-            ) from None
+            raise BadInput(f"--resume: {kernel.ref} has no version to resume from; push it without --resume") from None
         raise api_error(e, "--resume: reading the status of the version to resume from") from None
     newest = f"the newest version of {kernel.ref}"
     if status not in TERMINAL:
         raise LaunchError(
-            f"--resume: {newest} is still {status}; wait until it ends (`{command}`), then push again with --resume", 1
+            f"--resume: {newest} is still {status}; wait until it ends (`{command}`), then push again with --resume"
         )
     if status != "COMPLETE":
         why = f": {failure}" if failure else ""
         raise LaunchError(
             f"--resume: {newest} ended {status}{why}, not COMPLETE, so there is no run to continue: see "
             f"{kernel.url}/log, fix the cause and push without --resume to start the run over",
-            1,
         )
     try:
         files, _ = session_output(api, kernel, None)
@@ -414,7 +403,7 @@ def check_resumable(api: Any, kernel: Kernel) -> None:
         raise api_error(e, "--resume: listing the output of the version to resume from") from None
     if not any(f.file_name.startswith("checkpoints/") for f in files):
         held = "has no output" if not files else "left no checkpoints in its output"
-        raise LaunchError(f"--resume: {newest} {held}, so a resumed version would start over; push without --resume", 1)
+        raise LaunchError(f"--resume: {newest} {held}, so a resumed version would start over; push without --resume")
 
 
 def _session_request(cls_name: str, kernel: Kernel, version: int | None) -> Any:
@@ -548,8 +537,8 @@ def fetch(api: Any, kernel: Kernel, version: int | None, out: Path) -> Path:
     problems = manifest_problems(run_dir)
     if problems:
         (run_dir / "manifest.json").unlink()  # not complete: a later fetch downloads it again
-        raise LaunchError(
-            f"the downloaded run folder {run_dir} does not match its manifest: {'; '.join(problems[:5])}", 3
+        raise PlatformRefused(
+            f"the downloaded run folder {run_dir} does not match its manifest: {'; '.join(problems[:5])}"
         )
     if log_text:
         (out / f"{name}.kaggle-v{version or 'latest'}.log").write_text(log_text, encoding="utf-8")
@@ -569,13 +558,12 @@ def finished_run(files: list[Any], kernel: Kernel) -> str:
     if not complete:
         raise LaunchError(
             f"{kernel.ref} finished without a complete run folder (no runs/*/manifest.json in its output); "
-            f"see {kernel.url}/log",
-            1,
+            f"see {kernel.url}/log"
         )
     return complete[-1]
 
 
-def stopped_early(kernel: Kernel, url: str) -> LaunchError:
+def stopped_early(kernel: Kernel, url: str) -> Resumable:
     """The kernel stopped the job before Kaggle's session limit and left its checkpoints: say how to continue."""
     import requests
 
@@ -584,10 +572,9 @@ def stopped_early(kernel: Kernel, url: str) -> LaunchError:
     except (requests.RequestException, ValueError):
         checkpoints = []
     newest = f"newest checkpoint {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
-    return LaunchError(
+    return Resumable(
         f"{kernel.ref} stopped before Kaggle's {SESSION_HOURS:.0f}-hour session limit ({newest}); continue it with "
-        f"`python -m launch kaggle --config <the same config> --kernel {kernel.ref} --resume --wait`",
-        EXIT_RESUME,
+        f"`python -m launch kaggle --config <the same config> --kernel {kernel.ref} --resume --wait`"
     )
 
 
@@ -596,7 +583,9 @@ def download(url: str, run_dir: Path, relative: str) -> None:
 
     target = (run_dir / relative).resolve()
     if run_dir.resolve() not in target.parents:
-        raise LaunchError(f"the kernel's output names a file outside its run folder ({relative!r}); not downloading", 3)
+        raise PlatformRefused(
+            f"the kernel's output names a file outside its run folder ({relative!r}); not downloading"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with requests.get(url, stream=True, timeout=60) as response:
@@ -669,7 +658,7 @@ def follow_parser(command: str) -> argparse.ArgumentParser:
 def check_shape(shape: str) -> list[str]:
     """Warnings for the machine shape; a TPU is refused (the job needs CUDA)."""
     if shape.lower().startswith("tpu"):
-        raise LaunchError(f"--accelerator {shape} is a TPU; the job needs an NVIDIA GPU: use {DEFAULT_SHAPE}")
+        raise BadInput(f"--accelerator {shape} is a TPU; the job needs an NVIDIA GPU: use {DEFAULT_SHAPE}")
     if shape == "NvidiaTeslaP100":
         return ["NvidiaTeslaP100 is retired: Kaggle runs the kernel on T4 instead"]
     if shape not in SHAPES:
@@ -681,7 +670,7 @@ def resolve(args: argparse.Namespace, overrides: list[str]) -> config_mod.Config
     try:
         cfg = config_mod.resolve(args.config, overrides)
     except config_mod.ConfigError as e:
-        raise LaunchError(str(e)) from None
+        raise BadInput(str(e)) from None
     return cfg
 
 
@@ -689,11 +678,11 @@ def kernel_for(args: argparse.Namespace, api: Any | None) -> Kernel:
     if args.kernel:
         kernel, version = parse_kernel(args.kernel)
         if version is not None:
-            raise LaunchError("--kernel takes OWNER/SLUG without a version: each push makes a new version")
+            raise BadInput("--kernel takes OWNER/SLUG without a version: each push makes a new version")
         return kernel
     owner = api.get_config_value("username") if api is not None else offline_username()
     if not owner:
-        raise LaunchError("cannot tell your Kaggle username without credentials: pass --kernel USERNAME/SLUG")
+        raise BadInput("cannot tell your Kaggle username without credentials: pass --kernel USERNAME/SLUG")
     slug = default_slug(args.config)
     check_slug(slug)
     return Kernel(owner, slug)
@@ -773,20 +762,21 @@ def cmd_follow(command: str, argv: list[str], poll_interval: float = 30.0) -> in
         return 0
     if status not in TERMINAL:
         raise LaunchError(
-            f"{kernel.ref} is still {status}; wait with `python -m launch kaggle status {args.kernel} --wait`", 1
+            f"{kernel.ref} is still {status}; wait with `python -m launch kaggle status {args.kernel} --wait`"
         )
     return finish(api, kernel, version, status, failure, args.out)
 
 
 def main(argv: list[str] | None = None, poll_interval: float = 30.0) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return launch_cli.execute(lambda a: run(a, poll_interval), sys.argv[1:] if argv is None else argv)
+
+
+def run(argv: list[str], poll_interval: float = 30.0) -> int:
     try:
         if argv and argv[0] in ("status", "fetch"):
             return cmd_follow(argv[0], argv[1:], poll_interval)
         return cmd_push(argv, poll_interval)
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
     except KeyboardInterrupt:
-        print("interrupted (the kernel keeps running on Kaggle; follow it again with `status --wait`)", file=sys.stderr)
-        return 130
+        raise Interrupted(
+            "interrupted (the kernel keeps running on Kaggle; follow it again with `status --wait`)"
+        ) from None

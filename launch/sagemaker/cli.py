@@ -27,9 +27,10 @@ from typing import Any
 from job import config as config_mod
 from job import memory, tables
 from launch import catalog, service_model
+from launch import cli as launch_cli
+from launch.errors import BadInput, Interrupted, LaunchError
 from launch.sagemaker import follow as follow_mod
 from launch.sagemaker import request as req
-from launch.sagemaker.follow import LaunchError
 
 log = logging.getLogger("launch.sagemaker")
 
@@ -420,10 +421,6 @@ def cost_lines(plan: req.Plan) -> list[str]:
     return lines
 
 
-def _err(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-
-
 def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -436,17 +433,11 @@ def console_url(region: str, job_name: str) -> str:
 # Commands
 
 
-def _report(problems: list[str]) -> int:
-    for problem in problems:
-        _err(problem)
-    return 2
-
-
 def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     region = region_of(args, dry_run=True)
     problems, shown = checked_preview(args, cfg, region)
     if problems or shown is None:
-        return _report(problems)
+        raise BadInput(*problems)
     plan, request, job_name = shown
     refuse_secrets([request, plan.cfg.to_dict()])  # the config also travels as config.yaml in the code channel
     print(json.dumps(request, indent=2))
@@ -487,7 +478,7 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     region = region_of(args, dry_run=False)
     problems, _ = checked_preview(args, cfg, region)
     if problems:
-        return _report(problems)
+        raise BadInput(*problems)
     boto = boto3.Session(region_name=region)
     inst = catalog.instance(args.instance)
     warning = follow_mod.check_quota(boto.client("service-quotas"), region, inst.name, args.instance_count, args.spot)
@@ -512,7 +503,7 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     plan = make_plan(args, cfg, region, output, resolve_role(args.role, session), secret)
     problems = request_problems(req.preview_request(plan, f"{plan.base_job_name}-{service_model.STAMP_PLACEHOLDER}"))
     if problems:
-        return _report(problems)
+        raise BadInput(*problems)
     s3 = boto.client("s3")
     for channel in plan.channels:
         if not channel.source.startswith("s3://"):
@@ -713,12 +704,13 @@ def _expected_sdk_notes(record: logging.LogRecord) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return launch_cli.execute(run, sys.argv[1:] if argv is None else argv)
+
+
+def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("sagemaker.core.utils.utils").addFilter(_expected_sdk_notes)
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    try:
+    with _aws_errors():
         if argv and argv[0] in COMMANDS:
             return run_command(argv)
         args, extra = submit_parser().parse_known_args(argv)
@@ -726,35 +718,34 @@ def main(argv: list[str] | None = None) -> int:
             t for t in extra if t.startswith("--") and "." not in t.split("=")[0] and t[2:].split("=")[0] != "method"
         ]
         if unknown:
-            _err(f"unknown option {unknown[0]} (config overrides look like key.sub=value); see --help")
-            return 2
+            raise BadInput(f"unknown option {unknown[0]} (config overrides look like key.sub=value); see --help")
         try:
             cfg = config_mod.resolve(args.config, extra)
         except config_mod.ConfigError as e:
-            for problem in e.problems:
-                _err(problem)
-            return 2
+            raise BadInput(*e.problems) from None
         problems, warnings = check(args, cfg)
-        for problem in problems:
-            _err(problem)
         if problems:
-            return 2
+            raise BadInput(*problems)
         for warning in warnings:
             _note(f"warning: {warning}")
         return dry_run(args, cfg) if args.dry_run else submit(args, cfg)
-    except LaunchError as e:
-        _err(str(e))
-        return 1
+
+
+@contextlib.contextmanager
+def _aws_errors() -> Iterator[None]:
+    """What boto3 raises, and Ctrl-C while following, as the launcher's errors."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        yield
     except KeyboardInterrupt:
-        _note("stopped following; the job goes on (`status JOB` shows it, `stop JOB` stops it)")
-        return 130
+        raise Interrupted("stopped following; the job goes on (`status JOB` shows it, `stop JOB` stops it)") from None
     except NoCredentialsError:
-        _err("no AWS credentials: run `aws configure` or `aws sso login`, or set AWS_PROFILE (or use --dry-run)")
-        return 1
+        raise LaunchError(
+            "no AWS credentials: run `aws configure` or `aws sso login`, or set AWS_PROFILE (or use --dry-run)"
+        ) from None
     except ClientError as e:
         error = e.response.get("Error", {})
-        _err(f"AWS refused {e.operation_name}: {error.get('Code')}: {error.get('Message')}")
-        return 1
+        raise LaunchError(f"AWS refused {e.operation_name}: {error.get('Code')}: {error.get('Message')}") from None
     except BotoCoreError as e:
-        _err(f"AWS: {e}")
-        return 1
+        raise LaunchError(f"AWS: {e}") from None

@@ -26,7 +26,7 @@ import job
 from job import config as config_mod
 from job.config import Config
 from launch import service_model
-from launch.sagemaker.follow import LaunchError
+from launch.errors import LaunchError
 
 PROJECT = "dialogsum-qlora"
 REPO_ROOT = Path(__file__).resolve().parents[2]
