@@ -29,6 +29,7 @@ import pytest
 import responses
 
 from launch.kaggle import cli as kaggle
+from launch.kaggle import kernel_folder
 
 REPO = Path(__file__).resolve().parents[1]
 API = "https://api.kaggle.com/v1/kernels.KernelsApiService"
@@ -168,7 +169,7 @@ def test_over_twelve_hours_suggests_resume_and_fewer_steps(creds, capsys):
     from job.config import resolve
 
     shorter = resolve(config, [f"train.max_steps={steps}"])
-    assert kaggle.estimate_hours(shorter) <= kaggle.SESSION_HOURS
+    assert kernel_folder.estimate_hours(shorter) <= kernel_folder.SESSION_HOURS
 
 
 def test_output_over_kaggle_limit_warns(creds, capsys):
@@ -581,7 +582,7 @@ def kernel_env(tmp_path: Path, working: Path, secrets: dict[str, str] | None = N
 
 def build_kernel(folder: Path, *extra: str) -> Path:
     assert kaggle.main(["--config", "test", "--kernel", KERNEL, "--dry-run", "--folder", str(folder), *extra]) == 0
-    return folder / kaggle.CODE_FILE
+    return folder / kernel_folder.CODE_FILE
 
 
 class GatedModelInfo(http.server.BaseHTTPRequestHandler):

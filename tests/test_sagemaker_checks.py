@@ -25,6 +25,7 @@ from sagemaker.core.helper import iam_role_resolver
 
 from launch import service_model
 from launch.errors import LaunchError
+from launch.sagemaker import checks
 from launch.sagemaker import cli as sm_cli
 from launch.sagemaker import request as req
 
@@ -276,7 +277,7 @@ def test_the_dry_run_is_the_request_sent(
     filled = {
         service_model.STAMP_PLACEHOLDER: sent["TrainingJobName"].rsplit("-", 1)[1],
         service_model.ACCOUNT_PLACEHOLDER: ACCOUNT,
-        sm_cli.SECRET_SUFFIX_PLACEHOLDER: arn.rsplit("-", 1)[1],
+        checks.SECRET_SUFFIX_PLACEHOLDER: arn.rsplit("-", 1)[1],
     }
     assert service_model.with_placeholders_filled(json.loads(shown), filled) == sent
     assert sent["Environment"] == {req.SECRET_ENV: arn}  # the ARN, so the job reads it in the secret's region
@@ -284,7 +285,7 @@ def test_the_dry_run_is_the_request_sent(
     # The DLC runs the config.yaml of its code channel; our image takes the config as dotted hyperparameters.
     assert sent["HyperParameters"] == {} if image == "dlc" else sent["HyperParameters"]["lora.r"] == "4"
     assert sent["EnableManagedSpotTraining"] is spot
-    assert sm_cli.request_problems(sent) == []
+    assert checks.request_problems(sent) == []
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -385,7 +386,7 @@ def test_volume_size_on_an_nvme_instance_warns(capsys: pytest.CaptureFixture[str
     assert rc == 0 and json.loads(out)["ResourceConfig"]["VolumeSizeInGB"] == 200
     assert "warning: --volume-size 200: ignored on ml.g5.xlarge, whose NVMe instance storage" in err
     rc, out, err = _dry_run(capsys, "--config", "test")
-    assert rc == 0 and json.loads(out)["ResourceConfig"]["VolumeSizeInGB"] == sm_cli.DEFAULT_VOLUME_GB
+    assert rc == 0 and json.loads(out)["ResourceConfig"]["VolumeSizeInGB"] == checks.DEFAULT_VOLUME_GB
     assert "--volume-size" not in err
 
 

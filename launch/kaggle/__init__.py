@@ -1,4 +1,5 @@
-"""`python -m launch kaggle`: the job as a Kaggle GPU kernel (cli); `kernel.py` is the kernel's own code file."""
+"""`python -m launch kaggle`: the job as a Kaggle GPU kernel. `cli` (the command line), `kernel_folder` (what is
+pushed), `client` (what is asked of Kaggle), `kernel` (the kernel's own code file, which runs on Kaggle)."""
 
 from launch.kaggle.cli import main
 
