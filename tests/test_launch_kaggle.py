@@ -775,3 +775,16 @@ def test_generated_kernel_with_two_processes_runs_under_torchrun(creds, tmp_path
     assert done.stdout.count(str(run_dir)) == 1  # rank 0 alone reports (and writes) the run
     assert [p.name for p in (tmp_path / "w" / "runs").iterdir()] == [run_dir.name]
     assert (run_dir / "manifest.json").is_file()
+
+
+def test_ctrl_c_while_following_says_the_kernel_keeps_running(creds, api, capsys):
+    """Ctrl-C arrives while the client waits for Kaggle's answer (raised at the HTTP edge): exit 130, one plain line."""
+
+    def interrupted(request):
+        raise KeyboardInterrupt
+
+    api.add_callback(responses.POST, f"{API}/GetKernelSessionStatus", callback=interrupted)
+    assert kaggle.main(["status", f"{KERNEL}/9", "--wait"], poll_interval=0) == 130
+    assert capsys.readouterr().err == (
+        "interrupted (the kernel keeps running on Kaggle; follow it again with `status --wait`)\n"
+    )
