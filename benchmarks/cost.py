@@ -21,7 +21,8 @@ SAGEMAKER_INSTANCE = "ml.g5.xlarge"
 
 def run() -> dict[str, Any]:
     from job.config import resolve
-    from launch import catalog, kaggle
+    from launch import catalog
+    from launch.kaggle import kernel_folder as kaggle
 
     cfg = resolve(PRESET)
     on_demand = catalog.estimate_cost(cfg, SAGEMAKER_INSTANCE, spot=False)
