@@ -114,6 +114,42 @@ def load_splits(cfg: DataConfig, seed: int):
         raise _load_error(cfg.dataset, e) from None
 
 
+def canonical_split(name: str) -> str:
+    """`dev` -> `validation`, `testing` -> `test`: the split an alias names (the name itself when none)."""
+    return next((split for split, aliases in SPLIT_ALIASES.items() if name.lower() in aliases), name)
+
+
+def load_split(cfg: DataConfig, split: str):
+    """One split, normalised, to score predictions against: a single file read whole (whatever its name), the file
+    of a folder named by that split, or the split of a hub data set."""
+    import datasets
+
+    where = _location(cfg.dataset)
+    try:
+        if isinstance(where, Path) and where.is_dir():
+            files = _folder_files(where)
+            canonical = canonical_split(split)
+            if canonical not in files:
+                raise DataError(
+                    f"data {cfg.dataset} has no file for the {split!r} split (files for: {', '.join(files)}); "
+                    f"choose one of those with --split"
+                )
+            path = Path(files[canonical])
+            ds = datasets.load_dataset(_builder(path), data_files={canonical: str(path)})[canonical]
+        elif isinstance(where, Path):
+            ds = datasets.load_dataset(_builder(where), data_files={"rows": str(where)})["rows"]
+        else:
+            ds = datasets.load_dataset(where, revision=cfg.revision)
+            if split not in ds:
+                raise DataError(f"data {cfg.dataset} has no {split!r} split (splits: {', '.join(ds)}); use --split")
+            ds = ds[split]
+        return _columns(ds, cfg, split)
+    except DataError:
+        raise
+    except Exception as e:
+        raise _load_error(cfg.dataset, e) from None
+
+
 def _load_error(spec: str, error: BaseException) -> DataError:
     """One line for a data set that does not load, from the innermost cause datasets wrapped."""
     while not isinstance(error, (UnicodeDecodeError, FileNotFoundError, StopIteration)):
