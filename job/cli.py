@@ -19,6 +19,10 @@ COMMANDS = {
     "predict": ("job.predict", "summarize dialogues with a finished run's adapter"),
     "publish": ("job.publish", "upload a finished local run to s3:// or hf:// (again, after a failure)"),
     "compare": ("job.compare", "one ROUGE table (markdown, CSV, bar chart) across runs: local, s3:// or hf://"),
+    "data": (
+        "job.datareport",
+        "the data a run would use, with the tokenizer only: rows, references, token lengths, cuts",
+    ),
     "score": ("job.score", "score any predictions with the job's ROUGE scorer (no model loaded)"),
 }
 

@@ -84,8 +84,9 @@ def _location(spec: str) -> str | Path:
     return spec
 
 
-def load_splits(cfg: DataConfig, seed: int):
-    """A DatasetDict with the configured splits renamed to train/validation/test and columns id/dialogue/summary."""
+def load_splits(cfg: DataConfig, seed: int, dropped: dict[str, int] | None = None):
+    """A DatasetDict with the configured splits renamed to train/validation/test and the columns of COLUMNS;
+    `dropped` receives the number of empty rows dropped per split."""
     import datasets
 
     where = _location(cfg.dataset)
@@ -107,7 +108,7 @@ def load_splits(cfg: DataConfig, seed: int):
             raw = _split_single_file(raw["train"], seed)
         else:
             raw = datasets.load_dataset(where, revision=cfg.revision)
-        return _normalise(raw, cfg)
+        return _normalise(raw, cfg, dropped)
     except DataError:
         raise
     except Exception as e:  # datasets wraps parse errors (and reads lazily, so they surface while normalising)
@@ -177,7 +178,7 @@ def _split_single_file(ds, seed: int):
     return datasets.DatasetDict(train=first["train"], validation=rest["train"], test=rest["test"])
 
 
-def _normalise(raw, cfg: DataConfig):
+def _normalise(raw, cfg: DataConfig, dropped: dict[str, int] | None = None):
     import datasets
 
     wanted = {"train": cfg.train_split, "validation": cfg.eval_split, "test": cfg.test_split}
@@ -194,7 +195,7 @@ def _normalise(raw, cfg: DataConfig):
                 f"set data.{'train' if canonical == 'train' else 'test'}_split"
                 + (_NAMED_FILE_HINT if len(raw) == 1 and Path(cfg.dataset).suffix.lower() in EXTENSIONS else "")
             )
-        out[canonical] = _columns(raw[name], cfg, name)
+        out[canonical] = _columns(raw[name], cfg, name, dropped)
     if "train" in out:
         out["train"] = _training_rows(out["train"], cfg)
     return datasets.DatasetDict(out)
@@ -249,7 +250,7 @@ def id_column(columns: list[str], cfg: DataConfig) -> str | None:
     return "fname" if cfg.id_column == "id" and "fname" in columns else None
 
 
-def _columns(ds, cfg: DataConfig, split: str):
+def _columns(ds, cfg: DataConfig, split: str, dropped: dict[str, int] | None = None):
     ref_cols = summary_columns(ds.column_names, cfg, split)
     id_col = id_column(ds.column_names, cfg)
 
@@ -272,6 +273,8 @@ def _columns(ds, cfg: DataConfig, split: str):
             )
         ds = ds.filter(lambda r: bool(r["dialogue"]) and bool(r["summary"]))
         log.warning("split %r: dropped %d rows with an empty dialogue or summary", split, empty)
+        if dropped is not None:
+            dropped[canonical_split(split)] = empty
     if len(ds) == 0:
         raise DataError(f"split {split!r} of data.dataset={cfg.dataset} is empty")
     return ds

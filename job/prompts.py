@@ -112,3 +112,9 @@ def prompt_ids_for_generation(
 ) -> list[int]:
     """Prompt token ids for generation, cut on the dialogue side like training examples when too long."""
     return fit_prompt(tokenizer, cfg, dialogue, max_prompt_tokens, shots)[0]
+
+
+def generation_prompt_budget(cfg: DataConfig, encoder_decoder: bool) -> int:
+    """Prompt tokens a scored dialogue may use in generation: data.max_length for an encoder, else what a training
+    example leaves for the prompt at the longest summary (data.max_length - data.max_summary_tokens, at least 16)."""
+    return cfg.max_length if encoder_decoder else max(cfg.max_length - cfg.max_summary_tokens, 16)

@@ -97,8 +97,16 @@ def run(cfg: Config) -> Path | None:
     tokenizer = modeling.load_tokenizer(path, cfg)
     model = modeling.load_base_model(cfg, path, hw)
     attn = modeling.attention_implementation(cfg, hw)
-    max_prompt = cfg.data.max_length if enc_dec else max(cfg.data.max_length - cfg.data.max_summary_tokens, 16)
-    prompt_ids = [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
+    max_prompt = prompts.generation_prompt_budget(cfg.data, enc_dec)
+    fitted = [prompts.fit_prompt(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
+    prompt_ids = [ids for ids, _ in fitted]
+    if cut := sum(truncated for _, truncated in fitted):
+        log.warning(
+            "generation: %d of %d scored prompts were longer than %d tokens; their dialogues were cut",
+            cut,
+            len(fitted),
+            max_prompt,
+        )
 
     def summarize(desc: str, ids: list[list[int]] = prompt_ids) -> generation.Generated:
         return generation.generate_across_ranks(

@@ -327,7 +327,7 @@ def missing_reference_column(ctx: Context) -> Attempt:
 
 
 # ----------------------------------------------------------------------------------------------
-# `job score` (exit 2, 3, 5)
+# `job score` (exit 2, 3, 5) and `job data`
 
 
 def score_argv(ctx: Context, lines: list[str], *extra: str, name: str = "preds.txt") -> list[str]:
@@ -388,6 +388,18 @@ def score_into_a_complete_run(ctx: Context) -> Attempt:
 def score_over_a_file(ctx: Context) -> Attempt:
     (ctx.root / "scores.json").write_text("mine")
     return Attempt(argv=score_argv(ctx, ["a"], "--data", str(RELEASE), "--output", str(ctx.root / "scores.json")))
+
+
+@case(
+    "data: no train split",
+    3,
+    r"data\.dataset=.*/dev-only has no 'train' split \(splits: validation\); set data\.train_split",
+)
+def data_report_without_train(ctx: Context) -> Attempt:
+    folder = ctx.root / "dev-only"
+    folder.mkdir()
+    shutil.copy(RELEASE / "dialogsum.dev.jsonl", folder)
+    return Attempt(argv=["data", "--config", "test", f"data.dataset={folder}"])
 
 
 def _unchanged(path: Path, text: str) -> None:

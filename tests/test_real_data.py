@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -115,8 +116,19 @@ def test_an_empty_reference_is_left_out_and_a_row_without_any_is_dropped(tmp_pat
 
 
 def test_the_test_preset_end_to_end_on_the_release_layout(tmp_path):
-    proc = run_job("train", "--config", "test", f"data.dataset={FOLDER}", f"output.uri={tmp_path}", "output.run_name=r")
+    """Also: `job data` on the same config reports the cuts the run then reports (training, generation)."""
+    short = ["data.max_length=150", "data.max_summary_tokens=30"]  # some examples and prompts are cut, not all
+    args = ["--config", "test", f"data.dataset={FOLDER}", *short]
+    proc = run_job("train", *args, f"output.uri={tmp_path}", "output.run_name=r")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    report = run_job("data", *args)
+    assert report.returncode == 0, report.stderr[-4000:]
+    cut = json.loads((tmp_path / "r" / "metrics.json").read_text())["train"]["truncated_examples"]
+    assert 0 < cut < 96
+    assert f"training: {cut} of 96 examples are longer than data.max_length=150" in report.stdout
+    said = re.search(r"generation: (\d+) of 6 scored prompts were longer than 120 tokens", proc.stderr)
+    assert said, proc.stderr[-3000:]
+    assert f"generation: {said[1]} of 6 scored prompts are longer than 120 tokens" in report.stdout
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["scorer"]["n_dialogues"] == 6 and metrics["scorer"]["n_references"] == 18
     predictions = [json.loads(line) for line in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
