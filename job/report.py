@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from job import published
 from job.scoring import METRICS
 
 
@@ -81,7 +82,8 @@ def write_report(path: Path, metrics: dict, predictions: list[dict], samples: in
         if metrics.get(key):
             multi = metrics[key]["multi_reference"]
             lines.append(f"| {label} | " + " | ".join(_pct(multi[m]) for m in METRICS) + " |")
-    lines += ["", "## Output lengths", ""]
+    lines += ["", *published.markdown_section(metrics)]
+    lines += ["## Output lengths", ""]
     for key, label in (("base", "base"), ("finetuned", "fine-tuned")):
         if metrics.get(key):
             b = metrics[key]
