@@ -47,9 +47,17 @@ def load_tokenizer(cfg: Config) -> tuple[Any, bool]:
         enc_dec = cfg.model.name == "builtin:tiny-t5"
         return builtin.load_tokenizer(encoder_decoder=enc_dec), enc_dec
     from job import modeling
+    from job.errors import ConfigInputError
 
     path = cfg.model.name
-    return modeling.load_tokenizer(path, cfg), modeling.is_encoder_decoder(path, cfg)
+    try:
+        return modeling.load_tokenizer(path, cfg), modeling.is_encoder_decoder(path, cfg)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().split("\n")[0]
+        raise ConfigInputError(
+            f"model.name={path}: cannot load its tokenizer here ({type(e).__name__}: {first}); check model.name, "
+            f"and the network or the Hugging Face cache"
+        ) from None
 
 
 def quantiles(values: list[int]) -> dict[str, int]:

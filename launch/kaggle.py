@@ -29,7 +29,7 @@ from typing import Any
 
 from job import config as config_mod
 from job import memory, runtime, tables
-from launch import catalog
+from launch import catalog, datareport
 from launch.kaggle_kernel import SESSION_LIMIT_FILE
 
 KERNEL_TEMPLATE = Path(__file__).with_name("kaggle_kernel.py")
@@ -712,7 +712,7 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
     kernel = kernel_for(args, api)
     if args.resume and api is not None:
         check_resumable(api, kernel)
-    cfg = for_kaggle(cfg, kernel)
+    local_cfg, cfg = cfg, for_kaggle(cfg, kernel)
     folder = args.folder or Path("build") / "kaggle" / kernel.slug
     meta = write_kernel_folder(folder, cfg, kernel, args.accelerator, args.public, args.resume)
 
@@ -735,6 +735,8 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
             f"({kernel.url}/edit > Add-ons > Secrets); without it the kernel stops within seconds and says so"
         )
     if args.dry_run:
+        for line in datareport.report_lines(local_cfg):
+            print(line, file=sys.stderr)
         return 0
 
     print(quota_line(api, hours))

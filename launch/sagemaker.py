@@ -26,7 +26,7 @@ from typing import Any
 
 from job import config as config_mod
 from job import memory, tables
-from launch import catalog, service_model
+from launch import catalog, datareport, service_model
 from launch import sagemaker_follow as follow_mod
 from launch import sagemaker_request as req
 from launch.sagemaker_follow import LaunchError
@@ -458,6 +458,8 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     for line in cost_lines(plan):
         _note(line)
     _note(f"run folder: {plan.cfg.output.uri}/{job_name}/")
+    for line in datareport.report_lines(cfg):
+        _note(line)
     if args.create_secret:
         _note(f"would store the local HF_TOKEN in Secrets Manager secret {_uses_secret(args)} ({region})")
     if not args.region:

@@ -402,6 +402,16 @@ def data_report_without_train(ctx: Context) -> Attempt:
     return Attempt(argv=["data", "--config", "test", f"data.dataset={folder}"])
 
 
+@case(
+    "data: tokenizer not loadable",
+    2,
+    r"model\.name=.*/no-tokenizer: cannot load its tokenizer here \(\w+: .*\); check model\.name, and the network",
+)
+def data_report_without_tokenizer(ctx: Context) -> Attempt:
+    (ctx.root / "no-tokenizer").mkdir()
+    return Attempt(argv=["data", "--config", "test", f"model.name={ctx.root / 'no-tokenizer'}"])
+
+
 def _unchanged(path: Path, text: str) -> None:
     assert path.read_text() == text
 
