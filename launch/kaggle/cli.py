@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from job import config as config_mod
-from launch import catalog
+from launch import catalog, datareport
 from launch import cli as launch_cli
 from launch.errors import BadInput, Interrupted, LaunchError
 from launch.kaggle.client import (
@@ -137,7 +137,7 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
     kernel = kernel_for(args, api)
     if args.resume and api is not None:
         check_resumable(api, kernel)
-    cfg = for_kaggle(cfg, kernel)
+    local_cfg, cfg = cfg, for_kaggle(cfg, kernel)
     folder = args.folder or Path("build") / "kaggle" / kernel.slug
     meta = write_kernel_folder(folder, cfg, kernel, args.accelerator, args.public, args.resume)
 
@@ -160,6 +160,8 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
             f"({kernel.url}/edit > Add-ons > Secrets); without it the kernel stops within seconds and says so"
         )
     if args.dry_run:
+        for line in datareport.report_lines(local_cfg):
+            print(line, file=sys.stderr)
         return 0
 
     print(quota_line(api, hours))

@@ -24,7 +24,7 @@ from typing import Any
 
 from job import config as config_mod
 from job import tables
-from launch import catalog, service_model
+from launch import catalog, datareport, service_model
 from launch import cli as launch_cli
 from launch.errors import BadInput, Interrupted, LaunchError
 from launch.sagemaker import follow as follow_mod
@@ -197,6 +197,8 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     for line in cost_lines(plan):
         _note(line)
     _note(f"run folder: {plan.cfg.output.uri}/{job_name}/")
+    for line in datareport.report_lines(cfg):
+        _note(line)
     if args.create_secret:
         _note(f"would store the local HF_TOKEN in Secrets Manager secret {uses_secret(args)} ({region})")
     if not args.region:
