@@ -21,7 +21,8 @@ SAGEMAKER_INSTANCE = "ml.g5.xlarge"
 
 def run() -> dict[str, Any]:
     from job.config import resolve
-    from launch import catalog, kaggle
+    from launch import catalog
+    from launch.kaggle import kernel_folder as kaggle
 
     cfg = resolve(PRESET)
     on_demand = catalog.estimate_cost(cfg, SAGEMAKER_INSTANCE, spot=False)
@@ -50,7 +51,7 @@ def run() -> dict[str, Any]:
             "spot_discount": spot["spot_discount"],
             "spot_usd": spot["usd"],
             "notebook_way": notebook_way(
-                cfg, on_demand["work"], figures["tokens_per_example"], catalog.STARTUP_HOURS, on_demand
+                cfg, on_demand["work"], on_demand["work"]["tokens_per_example"], catalog.STARTUP_HOURS, on_demand
             ),
         },
         "kaggle_t4x2": {
@@ -60,13 +61,13 @@ def run() -> dict[str, Any]:
             "session_hours": round(kaggle.estimate_hours(cfg), 2),
             "session_limit_hours": kaggle.SESSION_HOURS,
             "usd": 0.0,  # free, counted against the weekly GPU quota (~30 h)
-            "notebook_way": notebook_way(cfg, t4, figures["tokens_per_example"], kaggle.STARTUP_HOURS, None),
+            "notebook_way": notebook_way(cfg, t4, t4["tokens_per_example"], kaggle.STARTUP_HOURS, None),
         },
     }
 
 
 def notebook_way(
-    cfg, work: dict[str, Any], tokens_per_example: int, startup_hours: float, priced: dict[str, Any] | None
+    cfg, work: dict[str, Any], tokens_per_example: float, startup_hours: float, priced: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Hours (and dollars where priced) for fixed padding to max_length and one-at-a-time generation."""
     dialogues = cfg.eval.num_dialogues or 500

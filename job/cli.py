@@ -19,6 +19,11 @@ COMMANDS = {
     "predict": ("job.predict", "summarize dialogues with a finished run's adapter"),
     "publish": ("job.publish", "upload a finished local run to s3:// or hf:// (again, after a failure)"),
     "compare": ("job.compare", "one ROUGE table (markdown, CSV, bar chart) across runs: local, s3:// or hf://"),
+    "data": (
+        "job.datareport",
+        "the data a run would use, with the tokenizer only: rows, references, token lengths, cuts",
+    ),
+    "score": ("job.score", "score any predictions with the job's ROUGE scorer (no model loaded)"),
 }
 
 DESCRIPTION = """Fine-tune an LLM for dialogue summarization with QLoRA (or LoRA, full, prompt tuning) and score it with ROUGE.
@@ -37,6 +42,7 @@ examples:
   python -m job train --config smoke
   python -m job train --config llama-3.2-3b-qlora output.uri=s3://my-bucket/runs
   python -m job predict --run runs/RUN --input dialogues.jsonl --output summaries.jsonl
+  python -m job score --predictions summaries.txt --data dialogsum.test.jsonl --reference-column summary1
 """
 
 

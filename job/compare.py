@@ -725,6 +725,26 @@ def write_outputs(out: Path, table: str, notes: str, csv_data: str, rows: list[R
         raise OutputError(f"cannot write the comparison into {out}: {e.strerror or e}") from None
 
 
+def published_figures(runs: list[Run]) -> str:
+    """Published figures next to each run scored the same way (job.published); empty when none was."""
+    from job import published, tables
+
+    table: list[list[str]] = []
+    notes: dict[str, str] = {}
+    for run in runs:
+        rows = published.rows(run.metrics, label_prefix=f"{run.name}: ")
+        table += rows if not table else [r for r in rows[1:] if r not in table]
+        notes |= {ref.name: ref.describe() for ref in published.comparable(run.metrics)}
+    if not table:
+        return ""
+    return (
+        "Published figures, next to the runs scored the same way:\n\n"
+        + tables.markdown(table)
+        + "\n\n"
+        + "\n".join(f"- {note}" for note in notes.values())
+    )
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     rundir.check_output_paths("--out", args.out, [args.out / name for name in OUTPUT_FILES], args.overwrite)
@@ -732,6 +752,8 @@ def main(argv: list[str]) -> int:
     rows = sort_rows(build_rows(runs, args.price_per_hour), args.metric)
     table = markdown_table(rows)
     notes = footnotes(rows, runs, args.metric)
+    if figures := published_figures(runs):
+        notes += "\n\n" + figures
     write_outputs(args.out, table, notes, csv_text(rows), rows, runs)
     log.info("wrote %s into %s", ", ".join(OUTPUT_FILES), args.out.resolve())
     print(table + "\n\n" + notes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from job import tables
+from job import published, tables
 
 
 def plot_loss(history: list[dict], path: Path) -> None:
@@ -66,7 +66,8 @@ def write_report(path: Path, metrics: dict, predictions: list[dict], samples: in
         "",
         tables.markdown(tables.rouge_rows(metrics, baselines=False, multi_reference=True)),
     ]
-    lines += ["", "## Output lengths", ""]
+    lines += ["", *published.markdown_section(metrics)]
+    lines += ["## Output lengths", ""]
     for key, label in (("base", "base"), ("finetuned", "fine-tuned")):
         if metrics.get(key):
             b = metrics[key]

@@ -113,6 +113,23 @@ def prepare(cfg: Config) -> Path:
     return run_dir
 
 
+def check_output_file(path: Path, overwrite: bool = False, option: str = "--output") -> Path:
+    """An output file a command is about to write: never inside a complete run folder, never a folder, and an
+    existing file only with --overwrite. Returns the resolved path."""
+    path = path.expanduser().resolve()
+    for folder in path.parents:
+        if is_complete(folder):
+            raise OutputError(
+                f"{option} {path} is inside the complete run folder {folder} (it holds {MANIFEST}), which is never "
+                f"written again; write it somewhere else"
+            )
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{option} {path} exists and is kept; choose another file or add --overwrite")
+    return path
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

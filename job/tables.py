@@ -62,16 +62,8 @@ def rouge_rows(
     lengths: add report.md's `avg words` and `length ratio` columns. multi_reference: the best-reference scores
     (`multi_reference` in each block, which have no interval) instead of the mean over every reference.
     change: a last row with fine-tuned minus base in points, where both were scored."""
-    header = ["model", *(METRIC_NAMES[m] for m in METRICS)]
-    if lengths:
-        header += ["avg words", "length ratio"]
-    rows = [header]
-    for label, block in scored_blocks(metrics, baselines):
-        scores = (block.get("multi_reference") or {}) if multi_reference else block
-        row = [label, *(score_cell(scores, m, interval=not multi_reference) for m in METRICS)]
-        if lengths:
-            row += [_fixed(block.get("avg_words"), 1), _fixed(block.get("length_ratio"), 2)]
-        rows.append(row)
+    rows = block_rows(scored_blocks(metrics, baselines), lengths=lengths, multi_reference=multi_reference)
+    header = rows[0]
     base, tuned = metrics.get("base"), metrics.get("finetuned")
     if change and base and tuned:
         if multi_reference:
@@ -81,6 +73,23 @@ def rouge_rows(
             for m in METRICS
         ]
         rows.append([CHANGE_LABEL, *deltas, *([""] * (len(header) - 1 - len(METRICS)))])
+    return rows
+
+
+def block_rows(
+    blocks: list[tuple[str, dict[str, Any]]], *, lengths: bool = False, multi_reference: bool = False
+) -> list[list[str]]:
+    """The header and one row per (label, scored block): what rouge_rows and `job score` print."""
+    header = ["model", *(METRIC_NAMES[m] for m in METRICS)]
+    if lengths:
+        header += ["avg words", "length ratio"]
+    rows = [header]
+    for label, block in blocks:
+        scores = (block.get("multi_reference") or {}) if multi_reference else block
+        row = [label, *(score_cell(scores, m, interval=not multi_reference) for m in METRICS)]
+        if lengths:
+            row += [_fixed(block.get("avg_words"), 1), _fixed(block.get("length_ratio"), 2)]
+        rows.append(row)
     return rows
 
 

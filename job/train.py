@@ -165,7 +165,15 @@ def generation_prompts(cfg: Config, tokenizer, enc_dec: bool, dialogues: list) -
     from job import prompts
 
     max_prompt = prompts.prompt_budget(cfg.data, enc_dec)
-    return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
+    fitted = [prompts.fit_prompt(tokenizer, cfg.data, d.dialogue, max_prompt) for d in dialogues]
+    if cut := sum(truncated for _, truncated in fitted):
+        log.warning(
+            "generation: %d of %d scored prompts were longer than %d tokens; their dialogues were cut",
+            cut,
+            len(fitted),
+            max_prompt,
+        )
+    return [ids for ids, _ in fitted]
 
 
 def summarize(cfg: Config, loaded: Loaded, ids: list[list[int]], desc: str) -> Generated:

@@ -7,7 +7,10 @@ nothing from launch). Imports no torch.
 
 from __future__ import annotations
 
+import json
 import math
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from job import memory
@@ -45,9 +48,23 @@ def instance(name: str) -> Instance:
 # --------------------------------------------------------------------------------------------------------------
 # Data sets: rows and average tokens per training example (prompt + summary with the Llama-3 chat template).
 
+LENGTHS_FILE = Path(__file__).with_name("dialogsum_lengths.json")
+"""Token-length quantiles of real DialogSum training examples (benchmarks/dialogsum_lengths.py; statistics only)."""
+
+
+@cache
+def dialogsum_lengths() -> dict[str, Any]:
+    return json.loads(LENGTHS_FILE.read_text(encoding="utf-8"))
+
+
 DATASETS: dict[str, dict[str, int]] = {
     # knkarthick/dialogsum: 12,460 / 500 / 1,500 rows (the test split has 3 references for each of 500 dialogues).
-    "knkarthick/dialogsum": {"train": 12_460, "validation": 500, "test_dialogues": 500, "tokens_per_example": 250},
+    "knkarthick/dialogsum": {
+        "train": 12_460,
+        "validation": 500,
+        "test_dialogues": 500,
+        "tokens_per_example": round(dialogsum_lengths()["example_tokens_mean"]),
+    },
     # job/builtin/*.jsonl with the built-in byte-level tokenizer.
     "builtin:synthetic": {"train": 1_200, "validation": 60, "test_dialogues": 60, "tokens_per_example": 120},
 }
@@ -59,6 +76,16 @@ def dataset_figures(name: str) -> tuple[dict[str, int], bool]:
     if name in DATASETS:
         return DATASETS[name], True
     return DATASETS[DEFAULT_DATASET], False
+
+
+def tokens_per_example(cfg: Config) -> float:
+    """Mean tokens a training example of cfg's data set takes at cfg.data.max_length (longer ones are cut to it):
+    DialogSum's measured length quantiles, capped, for DialogSum and unknown data sets; the fixed figure else."""
+    figures, known = dataset_figures(cfg.data.dataset)
+    if known and cfg.data.dataset != DEFAULT_DATASET:
+        return float(min(figures["tokens_per_example"], cfg.data.max_length))
+    percentiles = dialogsum_lengths()["example_tokens_percentiles"]  # each stands for 1% of the examples
+    return sum(min(v, cfg.data.max_length) for v in percentiles) / len(percentiles)
 
 
 def _params(cfg: Config) -> float:
@@ -85,7 +112,8 @@ def estimate_hours(cfg: Config, gpu: str, count: int = 1) -> dict[str, Any]:
     else:
         steps = math.ceil(rows * cfg.train.epochs / per_step)
     examples = steps * per_step
-    tokens = examples * figures["tokens_per_example"]
+    per_example = tokens_per_example(cfg)
+    tokens = examples * per_example
 
     throughput = spec.train_tokens_per_s * _speedup(cfg) * count * (0.9 if count > 1 else 1.0)
     if not cfg.train.gradient_checkpointing:
@@ -95,9 +123,7 @@ def estimate_hours(cfg: Config, gpu: str, count: int = 1) -> dict[str, Any]:
     # Validation loss: a forward pass only, about a third of a training step's cost per token.
     evaluations = steps // cfg.train.eval_steps if cfg.train.eval_steps else max(1, round(4 * cfg.train.epochs))
     eval_rows = min(figures["validation"], cfg.data.max_eval_examples or figures["validation"])
-    validation_s = (
-        evaluations * eval_rows * figures["tokens_per_example"] / (3 * throughput) if cfg.data.eval_split else 0
-    )
+    validation_s = evaluations * eval_rows * per_example / (3 * throughput) if cfg.data.eval_split else 0
 
     dialogues = cfg.eval.num_dialogues or figures["test_dialogues"]
     passes = 2 if cfg.eval.base else 1
@@ -111,6 +137,7 @@ def estimate_hours(cfg: Config, gpu: str, count: int = 1) -> dict[str, Any]:
         "gpus": count,
         "steps": steps,
         "train_tokens": tokens,
+        "tokens_per_example": per_example,
         "train_hours": train_s / 3600,
         "validation_hours": validation_s / 3600,
         "generation_hours": generation_s / 3600,

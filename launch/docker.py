@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from job import config as config_mod
+from launch import cli as launch_cli
+from launch.errors import BadInput
 from launch.image import ENGINES, ImageError, choose_engine, default_tag
 
 RUNS_IN_CONTAINER = "/runs"
@@ -37,10 +39,6 @@ EPILOG = """examples:
 The Hugging Face token: set HF_TOKEN in your environment (passed as `-e HF_TOKEN`, by name) or give
 --hf-token-file (mounted read-only at /run/secrets/hf_token). Runs land in --runs (default ./runs).
 """
-
-
-class LaunchError(Exception):
-    """Bad input, reported as one line."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,7 +112,7 @@ def validate_config(config: str | None, job_args: list[str]) -> None:
     try:
         config_mod.resolve(config, job_args, {})
     except config_mod.ConfigError as e:
-        raise LaunchError(str(e)) from None
+        raise BadInput(str(e)) from None
 
 
 def is_local_path(value: str) -> bool:
@@ -145,7 +143,7 @@ def output_args(job_args: list[str]) -> list[str]:
     if uri is None:
         return job_args + [f"output.uri={RUNS_IN_CONTAINER}"]
     if "://" not in uri:
-        raise LaunchError(
+        raise BadInput(
             f"output.uri={uri} is a path inside the container: choose the folder on this machine with --runs"
         )
     if override_value(job_args, "output.local_dir") is None:
@@ -158,7 +156,7 @@ def token_args(token_file: Path | None) -> list[str]:
     if token_file is not None:
         path = token_file.expanduser().resolve()
         if not path.is_file():
-            raise LaunchError(f"--hf-token-file {token_file}: no such file (write the token into it, one line)")
+            raise BadInput(f"--hf-token-file {token_file}: no such file (write the token into it, one line)")
         return ["-v", f"{path}:{TOKEN_IN_CONTAINER}:ro"]
     if os.environ.get("HF_TOKEN"):
         return ["-e", "HF_TOKEN"]
@@ -219,16 +217,18 @@ def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return launch_cli.execute(run, sys.argv[1:] if argv is None else argv)
+
+
+def run(argv: list[str]) -> int:
     args, rest = parser().parse_known_args(argv)
     job_args = split_job_args(rest)
+    validate_config(args.config, job_args)
     try:
-        validate_config(args.config, job_args)
         engine = choose_engine(args.engine, must_work=args.run)
-        cmd = run_command(args, job_args, engine)
-    except (LaunchError, ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ImageError as e:  # no engine: nothing ran, so bad input here (exit 2), as `launch image` reports it (1)
+        raise BadInput(*e.lines) from None
+    cmd = run_command(args, job_args, engine)
     print(shlex.join(cmd))
     if not args.run:
         return 0

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from launch import cli as launch_cli
+from launch.errors import LaunchError
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +34,8 @@ PLATFORM = "linux/amd64"
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_KEY", re.IGNORECASE)
 
 
-class ImageError(Exception):
-    """Bad input or a failed step, reported as one line."""
+class ImageError(LaunchError):
+    """Bad input or a failed step, reported as one line (exit 1)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,33 +229,32 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return launch_cli.execute(run, sys.argv[1:] if argv is None else argv)
+
+
+def run(argv: list[str]) -> int:
     extra: list[str] = []
     if "--" in argv:
         at = argv.index("--")
         argv, extra = argv[:at], argv[at + 1 :]
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        engine = choose_engine(args.engine)
-        if args.action == "build":
-            cmd = build_command(
-                engine,
-                args.tag,
-                context=args.context.resolve(),
-                base_image=args.base_image,
-                build_args=parse_build_args(args.build_arg),
-                extra=extra,
-            )
-            run_engine(cmd)
-            print(args.tag)
-        else:
-            if extra:
-                raise ImageError("`push` takes no engine arguments after --")
-            print(push(engine, args.tag, args.repository, args.region))
-    except ImageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    engine = choose_engine(args.engine)
+    if args.action == "build":
+        cmd = build_command(
+            engine,
+            args.tag,
+            context=args.context.resolve(),
+            base_image=args.base_image,
+            build_args=parse_build_args(args.build_arg),
+            extra=extra,
+        )
+        run_engine(cmd)
+        print(args.tag)
+    else:
+        if extra:
+            raise ImageError("`push` takes no engine arguments after --")
+        print(push(engine, args.tag, args.repository, args.region))
     return 0
 
 

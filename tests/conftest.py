@@ -18,6 +18,7 @@ SCORE_KEYS = {
     "rougeL",
     "rougeLsum",
     "multi_reference",
+    "first_reference",
     "ci95",
     "avg_words",
     "length_ratio",

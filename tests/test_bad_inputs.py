@@ -33,6 +33,7 @@ from job import cli, faults, logs, training
 from job.errors import ConfigInputError
 from job.faults import ENV as FAULTS
 from tests.conftest import REPO, job_env
+from tests.release_layout import FOLDER as RELEASE
 from tests.test_preflight import ALICE, BUCKET, REVOKED, S3Server, moto_with_iam, start_hub
 
 WITHOUT_PERMISSION_OVERRIDES = [
@@ -76,6 +77,7 @@ class Attempt:
     config: str = "test"
     env: dict[str, str] = field(default_factory=dict)
     bound_by_permissions: bool = False  # run without root's permission to read any file
+    argv: list[str] | None = None  # another command's whole command line (`score ...`) instead of `train`
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,118 @@ def unreadable_file(ctx: Context) -> Attempt:
     return Attempt([f"data.dataset={folder}"], bound_by_permissions=True)
 
 
+@case(
+    "file named by a split, without a train split",
+    3,
+    r"data\.dataset=.*/dialogsum\.test\.jsonl has no 'train' split \(splits: test\); set data\.train_split; a file "
+    r"whose name names a split \(dialogsum\.test\.jsonl\) is that split alone",
+)
+def file_named_by_a_split(ctx: Context) -> Attempt:
+    path = ctx.root / "dialogsum.test.jsonl"
+    shutil.copy(RELEASE / "dialogsum.test.jsonl", path)
+    return Attempt([f"data.dataset={path}"])
+
+
+@case(
+    "missing reference column",
+    3,
+    r"split 'train' has no column 'summary1', 'summary4' \(columns: fname, dialogue, summary, topic\); "
+    r"set data\.dialogue_column / data\.summary_column",
+)
+def missing_reference_column(ctx: Context) -> Attempt:
+    return Attempt([f"data.dataset={RELEASE}", "data.summary_column=[summary1, summary4]"])
+
+
+# ----------------------------------------------------------------------------------------------
+# `job score` (exit 2, 3, 5) and `job data`
+
+
+def score_argv(ctx: Context, lines: list[str], *extra: str, name: str = "preds.txt") -> list[str]:
+    preds = ctx.root / name
+    preds.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return ["score", "--predictions", str(preds), *extra]
+
+
+@case(
+    "score: prediction count mismatch",
+    3,
+    r"--predictions .*/preds\.txt has 2 lines but split 'test' of .*/dialogsum\.test\.jsonl has 8 dialogues; give "
+    r"one summary a line, in the split's order",
+)
+def score_count_mismatch(ctx: Context) -> Attempt:
+    return Attempt(argv=score_argv(ctx, ["a", "b"], "--data", str(RELEASE / "dialogsum.test.jsonl")))
+
+
+@case(
+    "score: unknown id", 3, r"--predictions .*/preds\.jsonl: unknown id 'test_99': split 'test' of .* has no row with"
+)
+def score_unknown_id(ctx: Context) -> Attempt:
+    lines = [json.dumps({"id": "test_99", "summary": "x"})]
+    return Attempt(argv=score_argv(ctx, lines, "--data", str(RELEASE), name="preds.jsonl"))
+
+
+@case("score: no references", 2, r"--predictions .*/preds\.txt holds no references: give --data, the data set it")
+def score_without_references(ctx: Context) -> Attempt:
+    return Attempt(argv=score_argv(ctx, ["a summary"]))
+
+
+@case("score: no predictions file", 3, r"--predictions .*/none\.txt: no such file")
+def score_missing_predictions(ctx: Context) -> Attempt:
+    return Attempt(argv=["score", "--predictions", str(ctx.root / "none.txt"), "--data", str(RELEASE)])
+
+
+@case(
+    "score: output inside a complete run",
+    5,
+    r"--output .*/runs/done/metrics\.json is inside the complete run folder .*/runs/done \(it holds manifest\.json\)",
+    after=lambda ctx: _unchanged(ctx.out / "done" / "metrics.json", "{}"),
+)
+def score_into_a_complete_run(ctx: Context) -> Attempt:
+    run = ctx.out / "done"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    (run / "manifest.json").write_text("{}")
+    out = str(run / "metrics.json")
+    return Attempt(argv=score_argv(ctx, ["a"], "--data", str(RELEASE), "--output", out, "--overwrite"))
+
+
+@case(
+    "score: output file exists",
+    5,
+    r"--output .*/scores\.json exists and is kept; choose another file or add --overwrite",
+    after=lambda ctx: _unchanged(ctx.root / "scores.json", "mine"),
+)
+def score_over_a_file(ctx: Context) -> Attempt:
+    (ctx.root / "scores.json").write_text("mine")
+    return Attempt(argv=score_argv(ctx, ["a"], "--data", str(RELEASE), "--output", str(ctx.root / "scores.json")))
+
+
+@case(
+    "data: no train split",
+    3,
+    r"data\.dataset=.*/dev-only has no 'train' split \(splits: validation\); set data\.train_split",
+)
+def data_report_without_train(ctx: Context) -> Attempt:
+    folder = ctx.root / "dev-only"
+    folder.mkdir()
+    shutil.copy(RELEASE / "dialogsum.dev.jsonl", folder)
+    return Attempt(argv=["data", "--config", "test", f"data.dataset={folder}"])
+
+
+@case(
+    "data: tokenizer not loadable",
+    2,
+    r"model\.name=.*/no-tokenizer: cannot load its tokenizer here \(\w+: .*\); check model\.name, and the network",
+)
+def data_report_without_tokenizer(ctx: Context) -> Attempt:
+    (ctx.root / "no-tokenizer").mkdir()
+    return Attempt(argv=["data", "--config", "test", f"model.name={ctx.root / 'no-tokenizer'}"])
+
+
+def _unchanged(path: Path, text: str) -> None:
+    assert path.read_text() == text
+
+
 # ----------------------------------------------------------------------------------------------
 # Resources (exit 6), training (exit 7), interruption (exit 143)
 
@@ -515,7 +629,14 @@ def run(ctx: Context, attempt: Attempt) -> subprocess.CompletedProcess:
     home = ctx.root / "home"
     home.mkdir()
     env = job_env(HOME=str(home), HF_HOME=str(home / "hf"), **attempt.env)  # no stored Hub login, no AWS profile
-    args = ["train", "--config", attempt.config, f"output.uri={ctx.out}", "output.run_name=bad", *attempt.overrides]
+    args = attempt.argv or [
+        "train",
+        "--config",
+        attempt.config,
+        f"output.uri={ctx.out}",
+        "output.run_name=bad",
+        *attempt.overrides,
+    ]
     if fresh_process_needed(attempt) is None:
         return run_in_process(args, env)
     prefix = []

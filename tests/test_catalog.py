@@ -11,6 +11,7 @@ from job import config, memory
 from launch import catalog
 
 LLAMA_3B = str(Path(config.__file__).parent / "presets" / "llama-3.2-3b-qlora.yaml")
+SHARED_DIALOGSUM = Path(__file__).resolve().parents[2] / "shared" / "data" / "dialogsum"
 
 
 def test_every_instance_has_a_known_gpu_and_a_price() -> None:
@@ -57,7 +58,8 @@ def test_dialogsum_epoch_hours_scale_with_data_epochs_and_gpu() -> None:
     cfg = config.resolve(LLAMA_3B)
     one = catalog.estimate_hours(cfg, "A10G")
     assert one["steps"] == -(-12_460 // 16)
-    assert one["train_tokens"] == one["steps"] * 16 * 250
+    assert one["train_tokens"] == one["steps"] * 16 * one["tokens_per_example"]
+    assert 240 < one["tokens_per_example"] < 260  # real DialogSum, barely cut at data.max_length=1024
     two = catalog.estimate_hours(config.resolve(LLAMA_3B, ["train.epochs=2"]), "A10G")
     assert two["train_hours"] == pytest.approx(2 * one["train_hours"], rel=0.01)
     assert catalog.estimate_train_hours(cfg, "H100") < catalog.estimate_train_hours(cfg, "A10G")
@@ -70,7 +72,7 @@ def test_max_steps_and_caps_bound_the_work() -> None:
     capped = catalog.estimate_hours(config.resolve(LLAMA_3B, ["data.max_train_examples=1000"]), "A10G")
     assert capped["steps"] == -(-1000 // 16)
     stepped = catalog.estimate_hours(config.resolve(LLAMA_3B, ["train.max_steps=10"]), "A10G")
-    assert stepped["steps"] == 10 and stepped["train_tokens"] == 10 * 16 * 250
+    assert stepped["steps"] == 10 and stepped["train_tokens"] == 10 * 16 * stepped["tokens_per_example"]
     fewer = catalog.estimate_hours(config.resolve(LLAMA_3B, ["eval.num_dialogues=50"]), "A10G")
     assert fewer["generation_hours"] < capped["generation_hours"]
 
@@ -84,3 +86,28 @@ def test_cost_on_demand_and_spot() -> None:
     assert spot["usd"] == pytest.approx(on_demand["usd"] * (1 - catalog.prices()["spot_discount"]), abs=0.02)
     assert on_demand["prices_as_of"] == catalog.prices()["as_of"]
     assert spot["hours"] >= catalog.STARTUP_HOURS
+
+
+def test_tokens_per_example_come_from_real_dialogsum_lengths_cut_at_max_length() -> None:
+    stats = catalog.dialogsum_lengths()
+    assert "statistics only" in stats["source"] and len(stats["example_tokens_percentiles"]) == 100
+    full = catalog.tokens_per_example(config.resolve(LLAMA_3B))
+    assert full == pytest.approx(stats["example_tokens_mean"], rel=0.01)
+    short = config.resolve(LLAMA_3B, ["data.max_length=256", "data.max_summary_tokens=64"])
+    assert 256 < stats["example_tokens"]["p90"]  # so a 256-token limit cuts more than a tenth of the examples
+    assert 0.8 * full < catalog.tokens_per_example(short) < 0.9 * full
+    assert (
+        catalog.estimate_hours(short, "A10G")["train_hours"]
+        < catalog.estimate_hours(config.resolve(LLAMA_3B), "A10G")["train_hours"]
+    )
+    assert catalog.tokens_per_example(config.resolve(LLAMA_3B, ["data.dataset=builtin:synthetic"])) == 120
+
+
+@pytest.mark.skipif(
+    not (SHARED_DIALOGSUM / "dialogsum.test.jsonl").is_file(),
+    reason=f"no DialogSum release files in {SHARED_DIALOGSUM}",
+)
+def test_the_committed_lengths_are_what_the_release_files_give() -> None:
+    from benchmarks import dialogsum_lengths
+
+    assert dialogsum_lengths.statistics(SHARED_DIALOGSUM) == catalog.dialogsum_lengths()

@@ -207,7 +207,7 @@ def test_runs_the_config_that_launch_sagemaker_sends(engine, built, tmp_path):
     """`python -m launch sagemaker --image URI` sends the resolved config as dotted-key hyperparameters, with no
     preset name: the image must rebuild exactly that config from them."""
     from job import config as config_mod
-    from launch.sagemaker_request import hyperparameters_for
+    from launch.sagemaker.request import hyperparameters_for
 
     cfg = config_mod.resolve("test", ["data.dataset=channel:train", "train.max_steps=4", "eval.base=false"], {})
     opt_ml = opt_ml_tree(tmp_path / "opt_ml", hyperparameters_for(cfg))

@@ -35,7 +35,7 @@ def test_one_jsonl_file_is_split_80_10_10(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     splits = data.load_splits(_cfg(str(path)), seed=1)
     assert {k: len(v) for k, v in splits.items()} == {"train": 32, "validation": 4, "test": 4}
-    assert set(splits["train"].column_names) == {"id", "dialogue", "summary"}
+    assert set(splits["train"].column_names) == {"id", "dialogue", "summary", "references"}
     assert splits["train"][0]["id"].startswith("r")
 
 

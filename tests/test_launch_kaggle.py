@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import responses
 
-from launch import kaggle
+from launch.kaggle import cli as kaggle
+from launch.kaggle import kernel_folder
 
 REPO = Path(__file__).resolve().parents[1]
 API = "https://api.kaggle.com/v1/kernels.KernelsApiService"
@@ -168,7 +169,7 @@ def test_over_twelve_hours_suggests_resume_and_fewer_steps(creds, capsys):
     from job.config import resolve
 
     shorter = resolve(config, [f"train.max_steps={steps}"])
-    assert kaggle.estimate_hours(shorter) <= kaggle.SESSION_HOURS
+    assert kernel_folder.estimate_hours(shorter) <= kernel_folder.SESSION_HOURS
 
 
 def test_output_over_kaggle_limit_warns(creds, capsys):
@@ -545,7 +546,7 @@ def test_version_stopped_at_the_session_limit_says_resume(creds, api, capsys):
         "checkpoints/checkpoint-700/adapter_config.json": b"{}",
     }
     serve_output(api, files)
-    assert kaggle.main(["fetch", f"{KERNEL}/5", "--out", "fetched"]) == kaggle.EXIT_RESUME
+    assert kaggle.main(["fetch", f"{KERNEL}/5", "--out", "fetched"]) == 75  # EX_TEMPFAIL: continue with --resume
     err = capsys.readouterr().err
     assert "stopped before Kaggle's 12-hour session limit (newest checkpoint checkpoint-700)" in err
     assert f"--kernel {KERNEL} --resume --wait" in err
@@ -581,7 +582,7 @@ def kernel_env(tmp_path: Path, working: Path, secrets: dict[str, str] | None = N
 
 def build_kernel(folder: Path, *extra: str) -> Path:
     assert kaggle.main(["--config", "test", "--kernel", KERNEL, "--dry-run", "--folder", str(folder), *extra]) == 0
-    return folder / kaggle.CODE_FILE
+    return folder / kernel_folder.CODE_FILE
 
 
 class GatedModelInfo(http.server.BaseHTTPRequestHandler):
@@ -622,7 +623,7 @@ def test_kernel_reads_the_attached_secret_without_printing_it(tmp_path, monkeypa
     (fakes / "kaggle_secrets.py").write_text(FAKE_SECRETS)
     monkeypatch.syspath_prepend(str(fakes))
     monkeypatch.setenv("FAKE_KAGGLE_SECRETS", json.dumps({"HF_TOKEN": PLANTED_HF + "\n"}))
-    from launch import kaggle_kernel
+    from launch.kaggle import kernel as kaggle_kernel
 
     assert kaggle_kernel.hf_token("meta-llama/Llama-3.2-3B-Instruct", KERNEL) == PLANTED_HF
     assert kaggle_kernel.hf_token("builtin:tiny-llama", KERNEL) is None
@@ -647,7 +648,7 @@ def test_time_budget_stops_the_job_with_sigterm(tmp_path):
     import signal
     import time
 
-    from launch.kaggle_kernel import run_job
+    from launch.kaggle.kernel import run_job
 
     before = signal.getsignal(signal.SIGTERM)
     started = time.monotonic()
@@ -663,7 +664,7 @@ def test_requirements_install_keeps_the_installed_torch(tmp_path, monkeypatch, c
     """The real pip of this environment, offline: requirements that are already satisfied need no index."""
     from importlib.metadata import version
 
-    from launch.kaggle_kernel import KernelError, install_requirements
+    from launch.kaggle.kernel import KernelError, install_requirements
 
     monkeypatch.delenv("DIALOGSUM_SKIP_INSTALL", raising=False)
     (tmp_path / "requirements.txt").write_text("pyyaml>=6\n")
@@ -677,7 +678,7 @@ def test_requirements_install_keeps_the_installed_torch(tmp_path, monkeypatch, c
 
 
 def test_two_gpus_run_the_job_under_torchrun(tmp_path, monkeypatch):
-    from launch.kaggle_kernel import job_command, processes
+    from launch.kaggle.kernel import job_command, processes
 
     settings = {"run_name": "r"}
     monkeypatch.delenv("DIALOGSUM_NPROC", raising=False)
@@ -692,7 +693,7 @@ def test_two_gpus_run_the_job_under_torchrun(tmp_path, monkeypatch):
 
 
 def test_previous_checkpoints_are_found_where_kaggle_mounts_them(tmp_path):
-    from launch.kaggle_kernel import previous_checkpoints
+    from launch.kaggle.kernel import previous_checkpoints
 
     assert previous_checkpoints(tmp_path, "dialogsum-test") is None
     nested = tmp_path / "notebooks" / "alice" / "dialogsum-test" / "checkpoints" / "checkpoint-6"
@@ -774,3 +775,16 @@ def test_generated_kernel_with_two_processes_runs_under_torchrun(creds, tmp_path
     assert done.stdout.count(str(run_dir)) == 1  # rank 0 alone reports (and writes) the run
     assert [p.name for p in (tmp_path / "w" / "runs").iterdir()] == [run_dir.name]
     assert (run_dir / "manifest.json").is_file()
+
+
+def test_ctrl_c_while_following_says_the_kernel_keeps_running(creds, api, capsys):
+    """Ctrl-C arrives while the client waits for Kaggle's answer (raised at the HTTP edge): exit 130, one plain line."""
+
+    def interrupted(request):
+        raise KeyboardInterrupt
+
+    api.add_callback(responses.POST, f"{API}/GetKernelSessionStatus", callback=interrupted)
+    assert kaggle.main(["status", f"{KERNEL}/9", "--wait"], poll_interval=0) == 130
+    assert capsys.readouterr().err == (
+        "interrupted (the kernel keeps running on Kaggle; follow it again with `status --wait`)\n"
+    )

@@ -26,10 +26,12 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from job import config, logs, tables
-from launch import sagemaker as sm_cli
-from launch import sagemaker_follow as follow
-from launch import sagemaker_request as req
+from launch import cli as launch_cli
 from launch import service_model
+from launch.errors import LaunchError
+from launch.sagemaker import cli as sm_cli
+from launch.sagemaker import follow
+from launch.sagemaker import request as req
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_3B = str(REPO / "job" / "presets" / "llama-3.2-3b-qlora.yaml")
@@ -552,7 +554,7 @@ def test_missing_output_bucket_says_how_to_create_it(aws, capsys: pytest.Capture
 
 def test_the_request_guard_stops_a_token_botocore_would_send(aws) -> None:
     sm_cli._refuse_secrets_handler({"Environment": {"A": "b"}, "HyperParameters": {"x": "y"}})
-    with pytest.raises(follow.LaunchError, match="HF_TOKEN"):
+    with pytest.raises(LaunchError, match="HF_TOKEN"):
         sm_cli._refuse_secrets_handler({"Environment": {"HF_TOKEN": TOKEN}})
 
 
@@ -610,9 +612,7 @@ def test_quota_check(answer: Any, outcome: str | None) -> None:
         else:
             stub.add_response("list_service_quotas", answer, {"ServiceCode": "sagemaker"})
         if outcome == "raises":
-            with pytest.raises(
-                follow.LaunchError, match=r"is 0, the job needs 1; request an increase at https://.*L-1234"
-            ):
+            with pytest.raises(LaunchError, match=r"is 0, the job needs 1; request an increase at https://.*L-1234"):
                 follow.check_quota(client, REGION, "ml.g6.xlarge", 1, spot=False)
         else:
             result = follow.check_quota(client, REGION, "ml.g6.xlarge", 1, spot=False)
@@ -925,3 +925,62 @@ def test_launch_run_like_sagemaker_and_fetch(moto_server, tmp_path: Path, capsys
         assert (run / name).exists(), name
     ran = config.resolve(str(run / "config.yaml"))
     assert ran.output.uri == f"s3://{BUCKET}/e2e/runs" and ran.train.max_steps == 12
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Exit codes: what boto3 raises and Ctrl-C, reported by launch/cli.py as one line each
+
+
+def test_no_aws_credentials_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    """botocore's own credential chain, with every source emptied (and the instance metadata service switched off)."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert launch_cli.main(["sagemaker", "status", "dialogsum-x", "--region", REGION]) == 1
+    assert capsys.readouterr().err == (
+        "error: no AWS credentials: run `aws configure` or `aws sso login`, or set AWS_PROFILE (or use --dry-run)\n"
+    )
+
+
+def test_a_refusal_from_aws_is_one_line_and_exit_1(aws, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """AWS's answer is faked at botocore's edge (before-call), as an access-denied response."""
+
+    def denied(**_: Any):
+        body = {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}, "ResponseMetadata": {}}
+        return AWSResponse("https://sagemaker", 400, {}, None), body
+
+    monkeypatch.setattr(
+        botocore.handlers,
+        "BUILTIN_HANDLERS",
+        [*botocore.handlers.BUILTIN_HANDLERS, ("before-call.sagemaker.DescribeTrainingJob", denied)],
+    )
+    assert launch_cli.main(["sagemaker", "stop", "dialogsum-x", "--region", REGION]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: AWS refused DescribeTrainingJob: AccessDeniedException: not authorized\n"
+
+
+def test_ctrl_c_while_following_says_the_job_goes_on(aws, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Ctrl-C arrives while botocore waits for AWS's answer: exit 130, one plain line, no traceback."""
+
+    def interrupted(**_: Any):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(
+        botocore.handlers,
+        "BUILTIN_HANDLERS",
+        [*botocore.handlers.BUILTIN_HANDLERS, ("before-call.sagemaker.DescribeTrainingJob", interrupted)],
+    )
+    assert sm_cli.main(["logs", "dialogsum-x", "--follow", "--region", REGION]) == 130
+    assert capsys.readouterr().err == (
+        "stopped following; the job goes on (`status JOB` shows it, `stop JOB` stops it)\n"
+    )
+
+
+def test_an_unknown_platform_is_bad_input(capsys) -> None:
+    assert launch_cli.main(["sagemkr"]) == 2
+    assert capsys.readouterr().err == (
+        "error: unknown platform 'sagemkr'; choose one of: sagemaker, kaggle, docker, image\n"
+    )

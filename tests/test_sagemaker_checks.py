@@ -23,9 +23,11 @@ from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 from sagemaker.core.helper import iam_role_resolver
 
-from launch import sagemaker as sm_cli
-from launch import sagemaker_request as req
 from launch import service_model
+from launch.errors import LaunchError
+from launch.sagemaker import checks
+from launch.sagemaker import cli as sm_cli
+from launch.sagemaker import request as req
 
 REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -275,7 +277,7 @@ def test_the_dry_run_is_the_request_sent(
     filled = {
         service_model.STAMP_PLACEHOLDER: sent["TrainingJobName"].rsplit("-", 1)[1],
         service_model.ACCOUNT_PLACEHOLDER: ACCOUNT,
-        sm_cli.SECRET_SUFFIX_PLACEHOLDER: arn.rsplit("-", 1)[1],
+        checks.SECRET_SUFFIX_PLACEHOLDER: arn.rsplit("-", 1)[1],
     }
     assert service_model.with_placeholders_filled(json.loads(shown), filled) == sent
     assert sent["Environment"] == {req.SECRET_ENV: arn}  # the ARN, so the job reads it in the secret's region
@@ -283,7 +285,7 @@ def test_the_dry_run_is_the_request_sent(
     # The DLC runs the config.yaml of its code channel; our image takes the config as dotted hyperparameters.
     assert sent["HyperParameters"] == {} if image == "dlc" else sent["HyperParameters"]["lora.r"] == "4"
     assert sent["EnableManagedSpotTraining"] is spot
-    assert sm_cli.request_problems(sent) == []
+    assert checks.request_problems(sent) == []
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -384,7 +386,7 @@ def test_volume_size_on_an_nvme_instance_warns(capsys: pytest.CaptureFixture[str
     assert rc == 0 and json.loads(out)["ResourceConfig"]["VolumeSizeInGB"] == 200
     assert "warning: --volume-size 200: ignored on ml.g5.xlarge, whose NVMe instance storage" in err
     rc, out, err = _dry_run(capsys, "--config", "test")
-    assert rc == 0 and json.loads(out)["ResourceConfig"]["VolumeSizeInGB"] == sm_cli.DEFAULT_VOLUME_GB
+    assert rc == 0 and json.loads(out)["ResourceConfig"]["VolumeSizeInGB"] == checks.DEFAULT_VOLUME_GB
     assert "--volume-size" not in err
 
 
@@ -399,5 +401,5 @@ def test_the_request_botocore_sends_is_checked_once_more() -> None:
         "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
     }
     sm_cli._check_request_handler(request)
-    with pytest.raises(sm_cli.LaunchError, match=r"Tags\[0\]\.Value: \"a,b\" holds ','.*fix --tags"):
+    with pytest.raises(LaunchError, match=r"Tags\[0\]\.Value: \"a,b\" holds ','.*fix --tags"):
         sm_cli._check_request_handler({**request, "Tags": [{"Key": "k", "Value": "a,b"}]})

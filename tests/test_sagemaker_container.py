@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from job import config as config_mod
-from launch import sagemaker as sm_cli
-from launch import sagemaker_request as req
+from launch.sagemaker import cli as sm_cli
+from launch.sagemaker import request as req
 from tests import test_launch_sagemaker as launch_tests
 from tests.container_fixtures import assert_complete_run, exit_code, run, wait_for_log
 from tests.test_launch_sagemaker import BUCKET, REGION, ROLE_ARN, _download_prefix

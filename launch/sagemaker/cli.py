@@ -3,9 +3,9 @@
     python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot [key=value ...]
     python -m launch sagemaker status|logs|fetch|stop JOB
 
-Everything that can be checked without spending money is checked first, all at once: the instance type, the
-config's GPU memory fit on its GPU, spot timing, the region, the whole request against botocore's service model,
-then the account's quota and the execution role (the SDK's own validation), all before anything is uploaded.
+Everything that can be checked without spending money is checked first, all at once (`checks`): the instance
+type, the config's GPU memory fit on its GPU, spot timing, the region, the whole request against botocore's service
+model; then the account's quota and the execution role (the SDK's own validation), all before anything is uploaded.
 `--dry-run` prints the CreateTrainingJob request and a cost estimate without calling AWS. Imports no torch.
 """
 
@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,45 +23,27 @@ from pathlib import Path
 from typing import Any
 
 from job import config as config_mod
-from job import memory, tables
-from launch import catalog, service_model
-from launch import sagemaker_follow as follow_mod
-from launch import sagemaker_request as req
-from launch.sagemaker_follow import LaunchError
+from job import tables
+from launch import catalog, datareport, service_model
+from launch import cli as launch_cli
+from launch.errors import BadInput, Interrupted, LaunchError
+from launch.sagemaker import follow as follow_mod
+from launch.sagemaker import request as req
+from launch.sagemaker.checks import (
+    DEFAULT_PREFIX,
+    DEFAULT_VOLUME_GB,
+    check,
+    checked_preview,
+    make_plan,
+    refuse_secrets,
+    region_of,
+    request_problems,
+    uses_secret,
+)
 
 log = logging.getLogger("launch.sagemaker")
 
-DEFAULT_PREFIX = "dialogsum-qlora"
-MAX_RUN_LIMIT_H = 28 * 24  # CreateTrainingJob's MaxRuntimeInSeconds ceiling
-ECR_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^\s:]+(:[\w.-]+|@sha256:[0-9a-f]{64})?$")
-DEFAULT_SECRET_ID = "dialogsum-qlora/hf-token"
-GATED_PREFIXES = ("meta-llama/", "mistralai/", "google/gemma")
 COMMANDS = ("status", "logs", "fetch", "stop")
-DEFAULT_VOLUME_GB = 100
-NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
-"""Instance families whose NVMe instance storage SageMaker uses instead of an EBS volume of --volume-size."""
-
-# What the dry run shows where only AWS can answer, and the valid value of the same form it is checked as.
-ROLE_PLACEHOLDER = "<execution role: the SDK's default resolution (pass --role to choose)>"
-SECRET_SUFFIX_PLACEHOLDER = "<SUFFIX>"
-PLACEHOLDERS = service_model.PLACEHOLDER_VALUES | {
-    ROLE_PLACEHOLDER: "arn:aws:iam::123456789012:role/SageMakerTraining",
-    SECRET_SUFFIX_PLACEHOLDER: "AbC123",
-}
-# Which option or value a refused request field comes from.
-FIELD_FIXES = {
-    "TrainingJobName": "fix --name",
-    "RoleArn": "fix --role",
-    "HyperParameters": "the config values travel as hyperparameters: shorten or change that one",
-    "Tags": f"fix --tags (a tag holds letters, digits, spaces and {' '.join('_.:/=+-@')} only)",
-    "Environment": "fix --hf-token-secret",
-    "ResourceConfig": "fix --instance, --instance-count or --volume-size",
-    "StoppingCondition": "fix --max-run or --max-wait",
-    "OutputDataConfig": "fix --output",
-    "CheckpointConfig": "fix --output or --name",
-    "InputDataConfig": "fix --output or the data set / model path",
-    "AlgorithmSpecification": "fix --image",
-}
 
 EPILOG = """examples:
   python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot --dry-run
@@ -150,239 +130,6 @@ def command_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Building and checking the plan
-
-
-def _hours(h: float) -> int:
-    return int(round(h * 3600))
-
-
-def _parse_tags(items: list[str]) -> tuple[dict[str, str], list[str]]:
-    """(tags, problems) from KEY=VALUE words."""
-    tags, problems = {}, []
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            problems.append(f"--tags {item!r}: write tags as KEY=VALUE")
-        else:
-            tags[key] = value
-    return tags, problems
-
-
-def _uses_secret(args: argparse.Namespace) -> str | None:
-    if args.hf_token_secret:
-        return args.hf_token_secret
-    return DEFAULT_SECRET_ID if args.create_secret else None
-
-
-def _option_problems(args: argparse.Namespace) -> list[str]:
-    problems = []
-    if args.instance_count < 1:
-        problems.append(f"--instance-count {args.instance_count}: must be at least 1")
-    elif args.instance_count > 1 and args.image != "dlc":
-        problems.append(
-            f"--instance-count {args.instance_count}: several instances train under torchrun, which only the `dlc` "
-            "image is started with; use --image dlc or one instance"
-        )
-    if not 0 < args.max_run <= MAX_RUN_LIMIT_H:
-        problems.append(f"--max-run {args.max_run:g}: must be between 0 and {MAX_RUN_LIMIT_H} hours")
-    if args.max_wait is not None and not args.spot:
-        problems.append("--max-wait only applies to --spot jobs")
-    if args.spot and args.max_wait is not None and args.max_wait < args.max_run:
-        problems.append(f"--max-wait {args.max_wait:g} h must be at least --max-run {args.max_run:g} h")
-    if args.volume_size is not None and not 1 <= args.volume_size <= 16384:
-        problems.append(f"--volume-size {args.volume_size}: must be 1-16384 GB")
-    if args.image != "dlc" and not ECR_IMAGE.match(args.image):
-        problems.append(
-            f"--image {args.image!r}: SageMaker pulls training images from ECR; give "
-            "ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG (`python -m launch image push` pushes ours) or `dlc`"
-        )
-    if args.create_secret and not os.environ.get("HF_TOKEN"):
-        problems.append("--create-secret stores the local HF_TOKEN: set HF_TOKEN in this shell first")
-    if args.output and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", args.output):
-        problems.append(f"--output {args.output!r}: give s3://bucket/prefix")
-    return problems + _parse_tags(args.tags)[1]
-
-
-def _gpu_checks(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
-    """The instance type exists and its GPU can hold the config (bf16, memory)."""
-    try:
-        inst = catalog.instance(args.instance)
-    except catalog.UnknownInstance as e:
-        return [str(e)], []
-    problems, warnings = [], []
-    gpu = inst.gpu_spec
-    if cfg.model.compute_dtype == "bfloat16" and not gpu.bf16:
-        problems.append(f"model.compute_dtype=bfloat16: the {gpu.name} has no bf16; use auto or float16")
-    fit = memory.fit_message(cfg, gpu.name, gpu.usable_gb)
-    if fit and not args.ignore_memory_check:
-        problems.append(f"{fit} (or pass --ignore-memory-check)")
-    elif fit:
-        warnings.append(fit)
-    if args.volume_size is not None and inst.name.split(".")[1] in NVME_FAMILIES:
-        warnings.append(
-            f"--volume-size {args.volume_size}: ignored on {inst.name}, whose NVMe instance storage (of a fixed size) "
-            "holds /opt/ml; SageMaker provisions no EBS volume for it"
-        )
-    if inst.gpu_count > 1 and args.image != "dlc":
-        warnings.append(
-            f"{inst.name} has {inst.gpu_count} GPUs; our image runs one process, which trains on one of them "
-            "(--image dlc trains on all under torchrun)"
-        )
-    try:
-        memory.architecture(cfg.model.name)
-    except memory.UnknownArchitecture:
-        warnings.append(f"no memory estimate for {cfg.model.name} (its shape is unknown here); not checked")
-    return problems, warnings
-
-
-def _config_notes(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
-    problems, warnings = [], []
-    if cfg.output.run_name is not None:
-        problems.append(
-            "output.run_name: on SageMaker the run is named after the training job; use --name for its prefix"
-        )
-    if not cfg.output.uri.startswith(("s3://", "hf://")) and cfg.output.uri != config_mod.OutputConfig().uri:
-        warnings.append(f"output.uri={cfg.output.uri} is a local folder; on SageMaker the run goes to <output>/runs")
-    if cfg.model.name.startswith(GATED_PREFIXES) and not _uses_secret(args):
-        warnings.append(
-            f"{cfg.model.name} is gated on the Hugging Face Hub: pass --hf-token-secret ID "
-            "(and --create-secret to store your local HF_TOKEN there)"
-        )
-    return problems, warnings
-
-
-def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
-    """(problems, warnings) found without AWS: every problem is reported at once."""
-    gpu_problems, gpu_warnings = _gpu_checks(args, cfg)
-    config_problems, config_warnings = _config_notes(args, cfg)
-    return gpu_problems + _option_problems(args) + config_problems, gpu_warnings + config_warnings
-
-
-def region_of(args: argparse.Namespace, dry_run: bool) -> str:
-    if args.region:
-        return args.region
-    import boto3
-
-    region = boto3.Session().region_name
-    if region:
-        return region
-    if dry_run:
-        return "us-east-1"
-    raise LaunchError("no AWS region: pass --region (e.g. --region us-east-1) or set AWS_DEFAULT_REGION")
-
-
-def job_config(cfg: config_mod.Config, output: str) -> config_mod.Config:
-    """The config the job runs with: publishes to <output>/runs unless the user chose s3:// or hf:// already."""
-    import dataclasses
-
-    if cfg.output.uri.startswith(("s3://", "hf://")):
-        return cfg
-    return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=f"{output}/runs"))
-
-
-def region_problem(region: str, given: bool) -> str | None:
-    """A region botocore does not know SageMaker in (`us-est-1`), named before the SDK's image lookup fails on it."""
-    import boto3
-
-    session = boto3.Session()
-    known = {r for p in session.get_available_partitions() for r in session.get_available_regions("sagemaker", p)}
-    if region in known:
-        return None
-    where = "--region" if given else "region (from your AWS configuration)"
-    close = difflib.get_close_matches(region, sorted(known), n=2)
-    return (
-        f"{where} {region}: not a region SageMaker runs in (regions look like us-east-1, eu-west-2, ap-southeast-1)"
-        + (f"; did you mean {' or '.join(close)}?" if close else "")
-    )
-
-
-def request_problems(request: dict[str, Any]) -> list[str]:
-    """What the service model refuses in a CreateTrainingJob request, each line saying which option to fix."""
-    found = service_model.problems("sagemaker", "CreateTrainingJob", request, PLACEHOLDERS)
-    fixes = [FIELD_FIXES.get(re.split(r"[ .\[]", line.split(" ", 1)[1], maxsplit=1)[0]) for line in found]
-    return [f"{line}; {fix}" if fix else line for line, fix in zip(found, fixes, strict=True)]
-
-
-def shown_secret(args: argparse.Namespace, region: str) -> str | None:
-    """The secret's ARN as the dry run shows it: AWS adds a random suffix to a secret's name in its ARN."""
-    secret = _uses_secret(args)
-    if secret is None or secret.startswith("arn:"):
-        return secret
-    return f"arn:aws:secretsmanager:{region}:{service_model.ACCOUNT_PLACEHOLDER}:secret:{secret}-{SECRET_SUFFIX_PLACEHOLDER}"
-
-
-def preview(args: argparse.Namespace, cfg: config_mod.Config, region: str) -> tuple[req.Plan, dict[str, Any], str]:
-    """The plan, request and job name with placeholders where only AWS can answer: what --dry-run prints."""
-    account = service_model.ACCOUNT_PLACEHOLDER
-    output = (args.output or f"s3://sagemaker-{region}-{account}/{DEFAULT_PREFIX}").rstrip("/")
-    if args.role:
-        role = args.role if args.role.startswith("arn:") else f"arn:aws:iam::{account}:role/{args.role}"
-    else:
-        role = ROLE_PLACEHOLDER
-    plan = make_plan(args, cfg, region, output, role, shown_secret(args, region))
-    job_name = f"{plan.base_job_name}-{service_model.STAMP_PLACEHOLDER}"
-    return plan, req.preview_request(plan, job_name), job_name
-
-
-def checked_preview(
-    args: argparse.Namespace, cfg: config_mod.Config, region: str
-) -> tuple[list[str], tuple[req.Plan, dict[str, Any], str] | None]:
-    """(problems, preview): the region, and the whole request against the service model, before anything is sent."""
-    problem = region_problem(region, given=bool(args.region))
-    if problem:
-        return [problem], None
-    try:
-        shown = preview(args, cfg, region)
-    except ValueError as e:  # the SDK's image table has no Hugging Face DLC there
-        return [f"--image dlc in {region}: {str(e).splitlines()[0]}; push our image there and pass --image URI"], None
-    return request_problems(shown[1]), shown
-
-
-def make_plan(
-    args: argparse.Namespace, cfg: config_mod.Config, region: str, output: str, role: str, secret: str | None
-) -> req.Plan:
-    """`secret`: the Hugging Face token secret's ARN, which the job reads in the secret's own region."""
-    cfg, channels = req.channels_for(job_config(cfg, output), output)
-    max_run = _hours(args.max_run)
-    max_wait = (_hours(args.max_wait) if args.max_wait else 2 * max_run) if args.spot else None
-    tags = req.tags_for(cfg, args.config) | _parse_tags(args.tags)[0]
-    return req.Plan(
-        cfg=cfg,
-        config_name=args.config,
-        region=region,
-        instance_type=args.instance,
-        instance_count=args.instance_count,
-        image=req.default_image(region, args.instance) if args.image == "dlc" else args.image,
-        own_image=args.image != "dlc",
-        processes_per_node=catalog.instance(args.instance).gpu_count if args.image == "dlc" else 1,
-        output=output.rstrip("/"),
-        role=role,
-        base_job_name=req.base_job_name(args.name, cfg),
-        spot=args.spot,
-        max_run_s=max_run,
-        max_wait_s=min(max_wait, _hours(MAX_RUN_LIMIT_H)) if max_wait else None,
-        volume_gb=DEFAULT_VOLUME_GB if args.volume_size is None else args.volume_size,
-        environment={req.SECRET_ENV: secret} if secret else {},
-        channels=channels,
-        tags=tags,
-    )
-
-
-def local_tokens() -> list[str]:
-    return [v for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if len(v := os.environ.get(k, "")) >= 8]
-
-
-def refuse_secrets(request: Any) -> None:
-    """Never send the local Hugging Face token: anyone who can describe the job would read it."""
-    text = json.dumps(request, default=str)
-    if any(token in text for token in local_tokens()):
-        raise LaunchError(
-            "the request would contain your HF_TOKEN (in a config value or tag); remove it and use --hf-token-secret"
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Output
 
 
@@ -420,10 +167,6 @@ def cost_lines(plan: req.Plan) -> list[str]:
     return lines
 
 
-def _err(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-
-
 def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -436,17 +179,11 @@ def console_url(region: str, job_name: str) -> str:
 # Commands
 
 
-def _report(problems: list[str]) -> int:
-    for problem in problems:
-        _err(problem)
-    return 2
-
-
 def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     region = region_of(args, dry_run=True)
     problems, shown = checked_preview(args, cfg, region)
     if problems or shown is None:
-        return _report(problems)
+        raise BadInput(*problems)
     plan, request, job_name = shown
     refuse_secrets([request, plan.cfg.to_dict()])  # the config also travels as config.yaml in the code channel
     print(json.dumps(request, indent=2))
@@ -460,8 +197,10 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     for line in cost_lines(plan):
         _note(line)
     _note(f"run folder: {plan.cfg.output.uri}/{job_name}/")
+    for line in datareport.report_lines(cfg):
+        _note(line)
     if args.create_secret:
-        _note(f"would store the local HF_TOKEN in Secrets Manager secret {_uses_secret(args)} ({region})")
+        _note(f"would store the local HF_TOKEN in Secrets Manager secret {uses_secret(args)} ({region})")
     if not args.region:
         _note(f"region: {region} (pass --region to choose another)")
     _note("dry run: nothing was sent to AWS")
@@ -487,14 +226,14 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     region = region_of(args, dry_run=False)
     problems, _ = checked_preview(args, cfg, region)
     if problems:
-        return _report(problems)
+        raise BadInput(*problems)
     boto = boto3.Session(region_name=region)
     inst = catalog.instance(args.instance)
     warning = follow_mod.check_quota(boto.client("service-quotas"), region, inst.name, args.instance_count, args.spot)
     if warning:
         _note(f"warning: {warning}")
 
-    secret_id, secret = _uses_secret(args), None
+    secret_id, secret = uses_secret(args), None
     if secret_id:
         secrets = boto.client("secretsmanager")
         if args.create_secret:
@@ -512,7 +251,7 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     plan = make_plan(args, cfg, region, output, resolve_role(args.role, session), secret)
     problems = request_problems(req.preview_request(plan, f"{plan.base_job_name}-{service_model.STAMP_PLACEHOLDER}"))
     if problems:
-        return _report(problems)
+        raise BadInput(*problems)
     s3 = boto.client("s3")
     for channel in plan.channels:
         if not channel.source.startswith("s3://"):
@@ -713,12 +452,13 @@ def _expected_sdk_notes(record: logging.LogRecord) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return launch_cli.execute(run, sys.argv[1:] if argv is None else argv)
+
+
+def run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("sagemaker.core.utils.utils").addFilter(_expected_sdk_notes)
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    try:
+    with _aws_errors():
         if argv and argv[0] in COMMANDS:
             return run_command(argv)
         args, extra = submit_parser().parse_known_args(argv)
@@ -726,35 +466,34 @@ def main(argv: list[str] | None = None) -> int:
             t for t in extra if t.startswith("--") and "." not in t.split("=")[0] and t[2:].split("=")[0] != "method"
         ]
         if unknown:
-            _err(f"unknown option {unknown[0]} (config overrides look like key.sub=value); see --help")
-            return 2
+            raise BadInput(f"unknown option {unknown[0]} (config overrides look like key.sub=value); see --help")
         try:
             cfg = config_mod.resolve(args.config, extra)
         except config_mod.ConfigError as e:
-            for problem in e.problems:
-                _err(problem)
-            return 2
+            raise BadInput(*e.problems) from None
         problems, warnings = check(args, cfg)
-        for problem in problems:
-            _err(problem)
         if problems:
-            return 2
+            raise BadInput(*problems)
         for warning in warnings:
             _note(f"warning: {warning}")
         return dry_run(args, cfg) if args.dry_run else submit(args, cfg)
-    except LaunchError as e:
-        _err(str(e))
-        return 1
+
+
+@contextlib.contextmanager
+def _aws_errors() -> Iterator[None]:
+    """What boto3 raises, and Ctrl-C while following, as the launcher's errors."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        yield
     except KeyboardInterrupt:
-        _note("stopped following; the job goes on (`status JOB` shows it, `stop JOB` stops it)")
-        return 130
+        raise Interrupted("stopped following; the job goes on (`status JOB` shows it, `stop JOB` stops it)") from None
     except NoCredentialsError:
-        _err("no AWS credentials: run `aws configure` or `aws sso login`, or set AWS_PROFILE (or use --dry-run)")
-        return 1
+        raise LaunchError(
+            "no AWS credentials: run `aws configure` or `aws sso login`, or set AWS_PROFILE (or use --dry-run)"
+        ) from None
     except ClientError as e:
         error = e.response.get("Error", {})
-        _err(f"AWS refused {e.operation_name}: {error.get('Code')}: {error.get('Message')}")
-        return 1
+        raise LaunchError(f"AWS refused {e.operation_name}: {error.get('Code')}: {error.get('Message')}") from None
     except BotoCoreError as e:
-        _err(f"AWS: {e}")
-        return 1
+        raise LaunchError(f"AWS: {e}") from None

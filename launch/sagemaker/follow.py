@@ -19,16 +19,13 @@ import yaml
 from botocore.exceptions import ClientError
 
 from job import config as config_mod
+from launch.errors import LaunchError
 
 log = logging.getLogger("launch.sagemaker")
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
 RUNS = "runs"
-
-
-class LaunchError(Exception):
-    """A problem the user can fix; `str(e)` says what and how."""
 
 
 def split_s3(uri: str) -> tuple[str, str]:

@@ -26,10 +26,10 @@ import job
 from job import config as config_mod
 from job.config import Config
 from launch import service_model
-from launch.sagemaker_follow import LaunchError
+from launch.errors import LaunchError
 
 PROJECT = "dialogsum-qlora"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_PACKAGE = Path(job.__file__).resolve().parent
 
 # The Hugging Face PyTorch training DLC with transformers 5.x (the newest the SDK's table knows).
