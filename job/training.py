@@ -390,9 +390,11 @@ def training_arguments(
     *,
     validating: bool,
     encoder_decoder: bool,
+    fsdp: dict | None = None,
 ) -> TrainingArguments:
     """Every Trainer setting of the run, from the config, the hardware, the step schedule and the batch layout
-    (`packing_mode`)."""
+    (`packing_mode`). `fsdp`: FSDP settings to use whatever the process count (`python -m benchmarks gpu` runs
+    FSDP2 in one process); None: `fsdp_arguments`."""
     args_cls = Seq2SeqTrainingArguments if encoder_decoder else TrainingArguments
     return args_cls(
         output_dir=str(checkpoint_dir),
@@ -424,7 +426,7 @@ def training_arguments(
         remove_unused_columns=False,
         # activation checkpointing is left off here: it is enabled on the model before LoRA is attached
         ddp_find_unused_parameters=False,  # only LoRA weights train, all of them every step
-        **fsdp_arguments(cfg, hw),
+        **(fsdp if fsdp is not None else fsdp_arguments(cfg, hw)),
         report_to="none",
         logging_nan_inf_filter=False,  # the filter logs a NaN loss as 0 and the run would finish with NaN weights
         seed=cfg.train.seed,
@@ -438,7 +440,17 @@ def training_arguments(
 # Training
 
 
-def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, checkpoint_dir: Path, attn: str):
+def train(
+    model,
+    tokenizer,
+    splits,
+    cfg: Config,
+    hw: Hardware,
+    run_dir: Path,
+    checkpoint_dir: Path,
+    attn: str,
+    fsdp: dict | None = None,
+):
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
@@ -462,7 +474,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     )
     model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
     args = training_arguments(
-        cfg, hw, checkpoint_dir, steps, mode, validating=eval_ds is not None, encoder_decoder=enc_dec
+        cfg, hw, checkpoint_dir, steps, mode, validating=eval_ds is not None, encoder_decoder=enc_dec, fsdp=fsdp
     )
     main = runtime.is_main_process()
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard")) if main else None
