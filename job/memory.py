@@ -216,8 +216,9 @@ def estimate_gpu_memory(
 def estimate_bytes(cfg: Config, arch: dict[str, Any] | None = None, compute_bytes: int = ACT_BYTES) -> dict[str, float]:
     """Bytes per part of a training step (and of the evaluation's generation) for this config on one GPU.
 
-    Parts: `weights` (4-bit for qlora, 16-bit for lora), `non_quantized` (embeddings and lm_head, fp32 when
-    model.upcast_non_quantized), `lora_and_optimizer` (LoRA weights, gradients, AdamW states), `activations`
+    Parts: `weights` (4-bit for qlora, 16-bit for lora, fp32 master weights for full), `non_quantized` (embeddings
+    and lm_head, fp32 when model.upcast_non_quantized or method=full), `lora_and_optimizer` (LoRA weights,
+    gradients, AdamW states; for full every weight's gradient and AdamW states), `activations`
     (data.max_length x train.batch_size tokens, with or without gradient checkpointing), `logits` (the loss's
     fp32 upcast, log-softmax and gradients, see LOSS_FP32_BYTES), `lm_head_copy`, `generation`
     (KV cache of eval.batch_size prompts), `cuda_overhead`, and `total` = weights + the larger of training and
@@ -237,13 +238,19 @@ def estimate_bytes(cfg: Config, arch: dict[str, Any] | None = None, compute_byte
         per_weight = NF4_BYTES + (DOUBLE_QUANT_ABSMAX_BYTES if cfg.model.double_quant else ABSMAX_BYTES)
         weights = counts["linear"] * per_weight
         non_quantized = counts["other"] * (4 if cfg.model.upcast_non_quantized else 2)
+    elif cfg.method == "full":  # fp32 master weights (job.modeling.weights_dtype), computed under autocast
+        weights = counts["linear"] * 4
+        non_quantized = counts["other"] * 4
     else:
         weights = counts["linear"] * 2
         non_quantized = counts["other"] * 2
 
     eight_bit = "8bit" in cfg.train.optimizer or (cfg.train.optimizer == "auto" and cfg.method == "qlora")
-    lora = lora_parameters(arch, cfg.lora.r, cfg.lora.target_modules)
-    lora_and_optimizer = lora * (LORA_BYTES_ADAMW_8BIT if eight_bit else LORA_BYTES_ADAMW)
+    if cfg.method == "full":  # every weight's fp32 gradient and AdamW moments (the weights are counted above)
+        lora_and_optimizer = counts["total"] * (LORA_BYTES_ADAMW - 4)
+    else:
+        lora = lora_parameters(arch, cfg.lora.r, cfg.lora.target_modules)
+        lora_and_optimizer = lora * (LORA_BYTES_ADAMW_8BIT if eight_bit else LORA_BYTES_ADAMW)
 
     upcast = cfg.method == "qlora" and cfg.model.upcast_non_quantized
     residual_bytes = 4 if upcast else compute_bytes

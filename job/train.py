@@ -371,7 +371,7 @@ def in_context_prompts(cfg: Config, tokenizer, model, train_split, dialogues, na
     picks = random.Random(cfg.train.seed).sample(pool, k)
     shots = tuple((train_split[i]["dialogue"], train_split[i]["summary"]) for i in picks)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    enc_dec = bool(model.config.is_encoder_decoder)
+    enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
     budget = prompts.prompt_budget(
         cfg.data, enc_dec, shots=True, context=context, max_new_tokens=cfg.eval.max_new_tokens
     )

@@ -178,3 +178,9 @@ def test_the_3b_preset_counts_the_fp32_residual_stream_and_the_lm_head_copy() ->
     assert no_upcast["lm_head_copy"] == 0 and no_upcast["activations"] < est["activations"]
     gib = memory.estimate_gpu_memory(resolve())["total"]
     assert 12 < gib < memory.GPU_MEMORY_GB["T4"] * memory.USABLE_FRACTION  # fits a T4, tightly
+
+
+def test_full_fine_tuning_counts_fp32_master_weights_gradients_and_adamw() -> None:
+    est = memory.estimate_bytes(resolve("method=full", "model.load_in_4bit=false"))
+    total = memory.parameter_counts(memory.architecture("meta-llama/Llama-3.2-3B"))["total"]
+    assert est["weights"] + est["non_quantized"] + est["lora_and_optimizer"] == total * 16
