@@ -1,4 +1,5 @@
-"""`python -m benchmarks [--size small|medium] [--only train,eval,cost] [--out benchmarks/results.json]`."""
+"""`python -m benchmarks [--size small|medium] [--only train,eval,cost] [--out benchmarks/results.json]`; the GPU
+check: `python -m benchmarks gpu [--tiny] [--only STAGE,...]` (benchmarks/gpu.py)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def machine_kind() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu"]:  # the GPU check: benchmarks/gpu.py
+        from benchmarks import gpu
+
+        return gpu.main(argv[1:])
     args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("benchmarks").setLevel(logging.INFO)

@@ -35,6 +35,7 @@ TINY_T5 = dict(
     relative_attention_num_buckets=32,
     dropout_rate=0.0,
     feed_forward_proj="gated-gelu",  # FLAN-T5's
+    n_positions=512,  # FLAN-T5's config.json carries it: the context the in-context baselines are held to
     tie_word_embeddings=False,
 )
 

@@ -203,7 +203,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 4
     """Micro-batches per optimizer step; effective batch = batch_size x accumulation x devices."""
     optimizer: str = "auto"
-    """Optimizer name from transformers. `auto`: paged_adamw_8bit for 4-bit runs on a GPU, adamw_torch otherwise."""
+    """Optimizer name from transformers. `auto`: paged_adamw_8bit for 4-bit runs on a GPU, adamw_torch under FSDP
+    and otherwise."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: much less memory, ~30% slower."""
     packing: Literal["auto", "padding_free", "group_by_length", "none"] = "auto"
@@ -228,7 +229,8 @@ class TrainConfig:
     <run folder>/checkpoints elsewhere."""
     fsdp: bool = False
     """Under torchrun, shard the model across GPUs with FSDP (for a model that does not fit one GPU) instead of DDP
-    (a full copy per GPU). QLoRA with FSDP needs bnb_4bit_quant_storage equal to the compute dtype; the job sets it."""
+    (a full copy per GPU). QLoRA with FSDP needs bnb_4bit_quant_storage equal to the compute dtype; the job sets it.
+    Refused with more than one CUDA process until a run on several GPUs has proved it; CPU processes run DDP."""
     keep_checkpoints: bool = False
     """Keep the checkpoint folder in a finished run (by default it is removed once the adapter is saved)."""
 
@@ -248,6 +250,14 @@ class TrainConfig:
             p.append(_rule("train.epochs train.max_steps", "set train.epochs > 0 or train.max_steps > 0"))
         if self.max_grad_norm < 0:
             p.append(_rule("train.max_grad_norm", f"train.max_grad_norm must be >= 0, got {self.max_grad_norm}"))
+        if self.fsdp and ("8bit" in self.optimizer or "paged" in self.optimizer):
+            p.append(
+                _rule(
+                    "train.fsdp train.optimizer",
+                    f"train.optimizer={self.optimizer} is a bitsandbytes optimizer, which does not take FSDP's sharded "
+                    f"(DTensor) parameters; set train.optimizer=auto (adamw_torch under FSDP) or train.fsdp=false",
+                )
+            )
         return p
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from job import faults
+
 log = logging.getLogger(__name__)
 
 
@@ -15,8 +17,17 @@ log = logging.getLogger(__name__)
 class Generated:
     texts: list[str]
     hit_max_new_tokens: list[bool]
-    batch_size: int
+    batch_size: int  # the configured batch size the summaries were formed with
     seconds: float
+    halved_to: int | None = None  # the batch size after out-of-memory halvings (None: none happened)
+
+
+def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Batches of prompt indices formed over all the prompts, longest first (an OOM shows up early, and similar
+    lengths pad little): the same batches whatever the number of ranks, since a batched greedy summary can depend
+    on its batch (bitsandbytes picks its kernel by batch size, padding moves the numerics)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 
 def stop_ids(model, tokenizer) -> list[int]:
@@ -41,7 +52,6 @@ def greedy_config(model, tokenizer, max_new_tokens: int):
     )
 
 
-@torch.inference_mode()
 def generate(
     model,
     tokenizer,
@@ -50,35 +60,69 @@ def generate(
     batch_size: int,
     desc: str = "generating",
     show_progress: bool = True,
+    compute_dtype: torch.dtype | None = None,
 ) -> Generated:
-    """Greedy summaries for prompts given as token ids, in the prompts' order."""
+    """Greedy summaries for prompts given as token ids, in the prompts' order (one process)."""
+    return generate_batches(
+        model, tokenizer, prompts, plan_batches([len(p) for p in prompts], batch_size), max_new_tokens, batch_size,
+        desc, show_progress, compute_dtype,
+    )  # fmt: skip
+
+
+def generate_batches(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    batches: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    desc: str = "generating",
+    show_progress: bool = True,
+    compute_dtype: torch.dtype | None = None,
+    synced: bool = False,
+) -> Generated:
+    """Greedy summaries of the given batches of prompt indices; texts for the other prompts stay empty.
+
+    No `inference_mode`: FSDP2 cannot unshard parameters inside it; `no_grad` saves the same memory. `synced` (FSDP):
+    every rank keeps stepping until all ranks are done (`synced_gpus`), and `batches` must have the same length on
+    every rank. A batch that runs out of memory is split in halves, and so is every batch after it; the smaller
+    size is logged and returned as `halved_to`. `compute_dtype`: weights kept in fp32 (method=full's master
+    weights) generate under autocast in that dtype, as they trained."""
+    import contextlib
     import time
 
     was_training = model.training
     model.eval()
     config = greedy_config(model, tokenizer, max_new_tokens)
     device = next(p for p in model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: an OOM shows up early
     texts: list[str | None] = [None] * len(prompts)
     hit = [False] * len(prompts)
+    size, halved_to = batch_size, None
+    autocast = _autocast(model, device, compute_dtype)
     start = time.perf_counter()
-    bar = tqdm(total=len(prompts), desc=desc, unit="dialogue", dynamic_ncols=True, disable=not show_progress)
-    i = 0
-    while i < len(order):
-        idx = order[i : i + batch_size]
-        try:
-            out = _generate_batch(model, tokenizer, [prompts[j] for j in idx], config, device)
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size = max(1, batch_size // 2)
-            torch.cuda.empty_cache()
-            log.warning("out of GPU memory while generating: eval batch size halved to %d", batch_size)
-            continue
-        for j, (text, reached) in zip(idx, out):
-            texts[j], hit[j] = text, reached
-        bar.update(len(idx))
-        i += len(idx)
+    bar = tqdm(total=sum(len(b) for b in batches), desc=desc, unit="dialogue", dynamic_ncols=True,
+               disable=not show_progress)  # fmt: skip
+    pending = [list(b) for b in batches]
+    with torch.no_grad(), autocast if autocast is not None else contextlib.nullcontext():
+        while pending:
+            batch = pending.pop(0)
+            if len(batch) > size:  # after a halving: this batch in pieces of the smaller size
+                pending[:0] = [batch[k : k + size] for k in range(0, len(batch), size)]
+                continue
+            try:
+                faults.inject("generate_batch", step=len(batch))
+                out = _generate_batch(model, tokenizer, [prompts[j] for j in batch], config, device, synced)
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise
+                size = halved_to = max(1, min(size, len(batch)) // 2)
+                torch.cuda.empty_cache()
+                log.warning("out of GPU memory while generating: eval batch size halved to %d", size)
+                pending.insert(0, batch)
+                continue
+            for j, (text, reached) in zip(batch, out):
+                texts[j], hit[j] = text, reached
+            bar.update(len(batch))
     bar.close()
     if was_training:
         model.train()
@@ -87,15 +131,25 @@ def generate(
         hit_max_new_tokens=hit,
         batch_size=batch_size,
         seconds=time.perf_counter() - start,
+        halved_to=halved_to,
     )
 
 
-def _generate_batch(model, tokenizer, batch: list[list[int]], config, device) -> list[tuple[str, bool]]:
+def _autocast(model, device, compute_dtype: torch.dtype | None):
+    """Autocast to the compute dtype where the weights are fp32 but the compute is not (method=full on a GPU)."""
+    if compute_dtype is None or compute_dtype == torch.float32:
+        return None
+    if model.get_input_embeddings().weight.dtype != torch.float32:
+        return None
+    return torch.autocast(device.type, dtype=compute_dtype)
+
+
+def _generate_batch(model, tokenizer, batch: list[list[int]], config, device, synced=False) -> list[tuple[str, bool]]:
     width = max(len(p) for p in batch)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-    out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+    out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config, synced_gpus=synced)
     # decoder-only models return the prompt too; encoder-decoders return the decoder start token, then new tokens
     new = out[:, 1:] if model.config.is_encoder_decoder else out[:, width:]
     results = []
@@ -111,27 +165,39 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, device) ->
 
 
 def generate_across_ranks(
-    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int, desc: str = "generating"
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    desc: str = "generating",
+    compute_dtype: torch.dtype | None = None,
+    synced: bool = False,
 ) -> Generated:
-    """`generate` with the prompts split across torchrun ranks and gathered back in order (one process: the same)."""
+    """`generate` with the batches (formed over all the prompts, see `plan_batches`) dealt round-robin to the
+    torchrun ranks and the summaries gathered back in order: the same batches, so the same summaries, for any
+    number of ranks. `synced` (FSDP, where every forward pass is collective): every rank runs as many batches,
+    a rank short of one repeats its last and drops the result."""
     from job import distributed, runtime
 
-    mine = distributed.shard(len(prompts))
-    local = generate(
-        model,
-        tokenizer,
-        [prompts[i] for i in mine],
-        max_new_tokens,
-        batch_size,
-        desc,
-        show_progress=runtime.is_main_process(),
-    )
-    merged = distributed.gather_in_order(
-        len(prompts), {i: (t, h) for i, t, h in zip(mine, local.texts, local.hit_max_new_tokens)}
-    )
+    batches = plan_batches([len(p) for p in prompts], batch_size)
+    world, rank = (runtime.world_size(), runtime.rank()) if distributed.enabled() else (1, 0)
+    mine = batches[rank::world]
+    extra = []
+    if synced and world > 1:
+        rounds = -(-len(batches) // world)
+        extra = [mine[-1] if mine else batches[0]] * (rounds - len(mine))
+    local = generate_batches(
+        model, tokenizer, prompts, mine + extra, max_new_tokens, batch_size, desc,
+        show_progress=runtime.is_main_process(), compute_dtype=compute_dtype, synced=synced,
+    )  # fmt: skip
+    done = {i for b in mine for i in b}
+    merged = distributed.gather_in_order(len(prompts), {i: (local.texts[i], local.hit_max_new_tokens[i]) for i in done})
+    halved = distributed.max_all(-(local.halved_to or batch_size + 1))  # the smallest size any rank fell to
     return Generated(
         texts=[t for t, _ in merged],
         hit_max_new_tokens=[h for _, h in merged],
-        batch_size=local.batch_size,
+        batch_size=batch_size,
         seconds=distributed.max_all(local.seconds),
+        halved_to=None if -halved > batch_size else int(-halved),
     )

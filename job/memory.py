@@ -96,9 +96,12 @@ ACT_HIDDEN_TENSORS = 12
 ACT_INTERMEDIATE_TENSORS = 5
 ACT_BYTES = 2
 
-# The loss upcasts the logits to fp32 and the backward pass holds their fp32 gradient alongside: two fp32 copies of
-# vocab x tokens. With a 128k vocabulary this is the largest single part of a QLoRA step.
-LOGITS_BYTES = 4 * 2
+# Per logit (vocab x tokens), at the loss's peak: the logits in the compute dtype (kept in the model's output until
+# the step ends), then transformers' ForCausalLMLoss upcasts them to fp32 and cross_entropy's log-softmax keeps its
+# fp32 output for the backward pass, which holds the fp32 gradient of that output and of its input at once before
+# casting it back: compute-dtype bytes + 3 x 4. With a 128k vocabulary this is the largest single part of a QLoRA
+# step (14 bytes in bf16; the upcast copy is the logits themselves in fp32).
+LOSS_FP32_BYTES = 3 * 4
 
 
 class UnknownArchitecture(LookupError):
@@ -199,14 +202,33 @@ def _layers(arch: dict[str, Any]) -> int:
     return arch["layers"] + arch.get("decoder_layers", 0)
 
 
-def estimate_gpu_memory(cfg: Config, arch: dict[str, Any] | None = None) -> dict[str, float]:
-    """GiB per part of a training step (and of the evaluation's generation) for this config on one GPU.
+def logits_bytes(compute_bytes: int = ACT_BYTES) -> int:
+    return compute_bytes + LOSS_FP32_BYTES
 
-    Parts: `weights` (4-bit for qlora, 16-bit for lora), `non_quantized` (embeddings and lm_head, fp32 when
-    model.upcast_non_quantized), `lora_and_optimizer` (LoRA weights, gradients, AdamW states), `activations`
-    (data.max_length x train.batch_size tokens, with or without gradient checkpointing), `logits`, `generation`
+
+def estimate_gpu_memory(
+    cfg: Config, arch: dict[str, Any] | None = None, compute_bytes: int = ACT_BYTES
+) -> dict[str, float]:
+    """`estimate_bytes` in GiB, rounded to 0.01."""
+    return {k: round(v / GIB, 2) for k, v in estimate_bytes(cfg, arch, compute_bytes).items()}
+
+
+def estimate_bytes(cfg: Config, arch: dict[str, Any] | None = None, compute_bytes: int = ACT_BYTES) -> dict[str, float]:
+    """Bytes per part of a training step (and of the evaluation's generation) for this config on one GPU.
+
+    Parts: `weights` (4-bit for qlora, 16-bit for lora, fp32 master weights for full), `non_quantized` (embeddings
+    and lm_head, fp32 when model.upcast_non_quantized or method=full), `lora_and_optimizer` (LoRA weights,
+    gradients, AdamW states; for full every weight's gradient and AdamW states), `activations`
+    (data.max_length x train.batch_size tokens, with or without gradient checkpointing), `logits` (the loss's
+    fp32 upcast, log-softmax and gradients, see LOSS_FP32_BYTES), `lm_head_copy`, `generation`
     (KV cache of eval.batch_size prompts), `cuda_overhead`, and `total` = weights + the larger of training and
-    generation + overhead. `arch` overrides the lookup of cfg.model.name (see `architecture`).
+    generation + overhead. `arch` overrides the lookup of cfg.model.name (see `architecture`); `compute_bytes` is
+    the compute dtype's element size (2 on GPUs; 4 to compare with a CPU's fp32 run).
+
+    With model.upcast_non_quantized (qlora), prepare_model_for_kbit_training makes the embeddings and norms fp32, so
+    the residual stream, and with it each checkpointed block input, is fp32; the lm_head's fp32 weight is cast to a
+    compute-dtype copy by autocast and kept for the backward pass (`lm_head_copy`; with tied embeddings it is the
+    embedding matrix).
     """
     arch = arch or architecture(cfg.model.name)
     counts = parameter_counts(arch)
@@ -216,23 +238,32 @@ def estimate_gpu_memory(cfg: Config, arch: dict[str, Any] | None = None) -> dict
         per_weight = NF4_BYTES + (DOUBLE_QUANT_ABSMAX_BYTES if cfg.model.double_quant else ABSMAX_BYTES)
         weights = counts["linear"] * per_weight
         non_quantized = counts["other"] * (4 if cfg.model.upcast_non_quantized else 2)
+    elif cfg.method == "full":  # fp32 master weights (job.modeling.weights_dtype), computed under autocast
+        weights = counts["linear"] * 4
+        non_quantized = counts["other"] * 4
     else:
         weights = counts["linear"] * 2
         non_quantized = counts["other"] * 2
 
     eight_bit = "8bit" in cfg.train.optimizer or (cfg.train.optimizer == "auto" and cfg.method == "qlora")
-    lora = lora_parameters(arch, cfg.lora.r, cfg.lora.target_modules)
-    lora_and_optimizer = lora * (LORA_BYTES_ADAMW_8BIT if eight_bit else LORA_BYTES_ADAMW)
+    if cfg.method == "full":  # every weight's fp32 gradient and AdamW moments (the weights are counted above)
+        lora_and_optimizer = counts["total"] * (LORA_BYTES_ADAMW - 4)
+    else:
+        lora = lora_parameters(arch, cfg.lora.r, cfg.lora.target_modules)
+        lora_and_optimizer = lora * (LORA_BYTES_ADAMW_8BIT if eight_bit else LORA_BYTES_ADAMW)
 
+    upcast = cfg.method == "qlora" and cfg.model.upcast_non_quantized
+    residual_bytes = 4 if upcast else compute_bytes
     tokens = cfg.data.max_length * cfg.train.batch_size
-    per_token_layer = ACT_BYTES * (ACT_HIDDEN_TENSORS * h + ACT_INTERMEDIATE_TENSORS * i)
+    per_token_layer = compute_bytes * (ACT_HIDDEN_TENSORS * h + ACT_INTERMEDIATE_TENSORS * i)
     if cfg.train.gradient_checkpointing:  # each block's input kept, one block recomputed at a time
-        activations = _layers(arch) * tokens * h * ACT_BYTES + tokens * per_token_layer
+        activations = _layers(arch) * tokens * h * residual_bytes + tokens * per_token_layer
     else:
         activations = _layers(arch) * tokens * per_token_layer
     # A seq2seq model's logits cover only the summary (decoder) tokens.
     logit_tokens = cfg.train.batch_size * (cfg.data.max_summary_tokens if arch["kind"] == "t5" else cfg.data.max_length)
-    logits = logit_tokens * arch["vocab"] * LOGITS_BYTES
+    logits = logit_tokens * arch["vocab"] * logits_bytes(compute_bytes)
+    lm_head_copy = arch["vocab"] * h * compute_bytes if (upcast and compute_bytes < 4) else 0
 
     gen_tokens = cfg.eval.batch_size * (cfg.data.max_length + cfg.eval.max_new_tokens)
     kv_cache = _layers(arch) * gen_tokens * 2 * arch["kv_heads"] * arch["head_dim"] * ACT_BYTES
@@ -241,18 +272,19 @@ def estimate_gpu_memory(cfg: Config, arch: dict[str, Any] | None = None) -> dict
     generation = kv_cache + prefill
 
     parts = {
-        "weights": weights / GIB,
-        "non_quantized": non_quantized / GIB,
-        "lora_and_optimizer": lora_and_optimizer / GIB,
-        "activations": activations / GIB,
-        "logits": logits / GIB,
-        "generation": generation / GIB,
-        "cuda_overhead": CUDA_CONTEXT_GB,
+        "weights": weights,
+        "non_quantized": non_quantized,
+        "lora_and_optimizer": lora_and_optimizer,
+        "activations": activations,
+        "logits": logits,
+        "lm_head_copy": lm_head_copy,
+        "generation": generation,
+        "cuda_overhead": CUDA_CONTEXT_GB * GIB,
     }
     static = parts["weights"] + parts["non_quantized"] + parts["lora_and_optimizer"]
-    peak = max(parts["activations"] + parts["logits"], parts["generation"])
-    parts["total"] = static + peak + CUDA_CONTEXT_GB
-    return {k: round(v, 2) for k, v in parts.items()}
+    peak = max(parts["activations"] + parts["logits"] + parts["lm_head_copy"], parts["generation"])
+    parts["total"] = static + peak + parts["cuda_overhead"]
+    return parts
 
 
 def fits(cfg: Config, gpu_mem_gb: float, arch: dict[str, Any] | None = None) -> bool:
@@ -301,7 +333,7 @@ def fit_message(cfg: Config, gpu_name: str, gpu_mem_gb: float) -> str | None:
         return None
 
     fixes: list[str] = []
-    if need["generation"] > need["activations"] + need["logits"]:
+    if need["generation"] > need["activations"] + need["logits"] + need["lm_head_copy"]:
         smaller_eval = _smaller_eval_batch(cfg, gpu_mem_gb, arch)
         if smaller_eval is not None:
             fixes.append(f"lower eval.batch_size to {smaller_eval.eval.batch_size}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from job import builtin, rundir, runtime
+from job import builtin, rundir
 from job.config import Config
 from job.errors import ConfigInputError, ResourceError
 
@@ -117,6 +117,26 @@ def load_tokenizer(path: str, cfg: Config):
     return tokenizer
 
 
+def weights_dtype(cfg: Config, hw: Hardware) -> torch.dtype:
+    """The dtype the weights load in. method=full trains every weight: fp32 master weights, computed in the compute
+    dtype by autocast (the Trainer's bf16/fp16 mixed precision, `generation.generate`'s autocast), since fp16
+    trainable weights stop the GradScaler at the first step and bf16 ones lose small updates. The other methods
+    train adapters only and keep the frozen base in the compute dtype."""
+    return torch.float32 if cfg.method == "full" else hw.compute_dtype
+
+
+def ready_for_generation(model, hw: Hardware) -> None:
+    """Undo `prepare_model_for_kbit_training`'s fp32 upcast of the frozen non-quantized weights (embeddings, norms,
+    lm_head) once training is over: the fine-tuned model then generates with the numerics the base was scored with
+    and `predict` reloads (frozen base in the compute dtype, adapter weights in fp32 as PEFT loads them), with the
+    KV cache the memory estimate assumes."""
+    if hw.compute_dtype == torch.float32:
+        return
+    for param in model.parameters():
+        if not param.requires_grad and param.dtype == torch.float32 and param.__class__.__name__ != "Params4bit":
+            param.data = param.data.to(hw.compute_dtype)
+
+
 def load_base_model(cfg: Config, path: str, hw: Hardware):
     """The base model for training and scoring: 4-bit NF4 for qlora, compute dtype for the other methods."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -125,12 +145,12 @@ def load_base_model(cfg: Config, path: str, hw: Hardware):
         revision=cfg.model.revision,
         trust_remote_code=cfg.model.trust_remote_code,
         attn_implementation=attention_implementation(cfg, hw),
-        dtype=hw.compute_dtype,
+        dtype=weights_dtype(cfg, hw),
     )
     quant = quantization_config(cfg, hw)
     if quant is not None:
         kwargs["quantization_config"] = quant
-    if hw.device == "cuda" and not (cfg.train.fsdp and runtime.distributed()):  # FSDP places the shards itself
+    if hw.device == "cuda":  # this rank's GPU, with or without FSDP: the base model is scored before any sharding
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path, cfg) else AutoModelForCausalLM
@@ -255,15 +275,16 @@ def _log_counts(model) -> None:
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
 
-def save_trained(model, tokenizer, cfg: Config, run_dir: Path) -> Path:
+def save_trained(model, tokenizer, cfg: Config, run_dir: Path, state_dict: dict | None = None) -> Path:
     """The trained weights and tokenizer: the adapter (recording the base model's public name, hub id or builtin:...,
-    never the temporary folder it was loaded from) or, for method=full, the whole model."""
+    never the temporary folder it was loaded from) or, for method=full, the whole model. `state_dict`: the whole
+    weights gathered from FSDP's shards (None: the model's own)."""
     folder = run_dir / rundir.weights_folder(cfg)
     if cfg.method == "full":
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=state_dict)
     else:
         model.peft_config["default"].base_model_name_or_path = cfg.model.name
-        model.save_pretrained(folder, save_embedding_layers=False)
+        model.save_pretrained(folder, save_embedding_layers=False, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -87,6 +87,7 @@ def main(argv: list[str]) -> int:
         args.max_new_tokens or cfg.eval.max_new_tokens,
         args.batch_size or cfg.eval.batch_size,
         "summarizing",
+        compute_dtype=modeling.for_architecture(hw, model.config.is_encoder_decoder).compute_dtype,
     )
     lines = [json.dumps({"id": r["id"], "summary": s}, ensure_ascii=False) for r, s in zip(rows, out.texts)]
     if args.output:

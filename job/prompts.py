@@ -120,9 +120,12 @@ def prompt_budget(
     A zero-shot prompt gets what training gave it: on an encoder-decoder model the encoder reads the prompt alone, so
     all of data.max_length; on a decoder-only model data.max_length less the summary's room (at least 16 tokens).
     A prompt with in-context `shots` is longer than any training example by design: it gets the model's `context`
-    less the `max_new_tokens` generated after it (no limit when the context length is unknown)."""
+    (no limit when the context length is unknown), less the `max_new_tokens` generated after it on a decoder-only
+    model; an encoder-decoder's summary is the decoder's and takes nothing from the encoder's context."""
     if shots:
-        return context - max_new_tokens if context else 10**9
+        if not context:
+            return 10**9
+        return context if encoder_decoder else context - max_new_tokens
     return cfg.max_length if encoder_decoder else max(cfg.max_length - cfg.max_summary_tokens, 16)
 
 

@@ -57,8 +57,9 @@ def run(cfg: Config) -> Path | None:
 
     loaded = load_model(cfg, run_dir, hw)
     prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
+    baseline_ids = baseline_prompts(cfg, loaded, splits["train"], dialogues)  # one that cannot fit stops us here
     base = summarize(cfg, loaded, prompt_ids, "base model summaries") if cfg.eval.base else None
-    baselines = summarize_baselines(cfg, loaded, splits["train"], dialogues)
+    baselines = {name: summarize(cfg, loaded, ids, f"{name} baseline") for name, ids in baseline_ids.items()}
 
     checkpoint_dir = checkpoint_folder(cfg, run_dir)
     loaded.model, result = fine_tune(cfg, loaded, splits, run_dir, checkpoint_dir)
@@ -69,7 +70,7 @@ def run(cfg: Config) -> Path | None:
 
     summaries = Summaries(base=base, finetuned=tuned, baselines=baselines)
     scores = score_summaries(cfg, dialogues, summaries)
-    metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, tuned, scores)
+    metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, summaries, scores)
     _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
     finish_run_folder(cfg, run_dir, checkpoint_dir)
     _print_final_metrics(metrics)
@@ -103,8 +104,9 @@ class Summaries:
 def prepare_run(cfg: Config) -> tuple[Path, Hardware]:
     """Name the run, check what can fail before any data or weights load (rank 0; the other ranks follow it or are
     stopped with it), and detect the hardware."""
-    from job import distributed, modeling, preflight, rundir, secrets
+    from job import distributed, modeling, preflight, rundir, secrets, training
 
+    training.check_fsdp(cfg, cuda=torch_cuda_available(), processes=runtime.world_size())  # every rank alike
     if cfg.output.run_name is None:
         cfg.output.run_name = distributed.broadcast(runtime.default_run_name(cfg.hash()))
     run_dir = rundir.run_path(cfg)
@@ -112,6 +114,12 @@ def prepare_run(cfg: Config) -> tuple[Path, Hardware]:
     if runtime.is_main_process():  # one probe write, one Hub check
         preflight.check(cfg, token)
     return run_dir, modeling.detect_hardware(cfg.model.compute_dtype)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def load_data(cfg: Config) -> tuple[dict, list]:
@@ -178,22 +186,25 @@ def generation_prompts(cfg: Config, tokenizer, enc_dec: bool, dialogues: list) -
 
 def summarize(cfg: Config, loaded: Loaded, ids: list[list[int]], desc: str) -> Generated:
     """Greedy summaries of the prompts, shared across the ranks."""
-    from job import generation
+    from job import generation, training
 
     return generation.generate_across_ranks(
-        loaded.model, loaded.tokenizer, ids, cfg.eval.max_new_tokens, cfg.eval.batch_size, desc
+        loaded.model,
+        loaded.tokenizer,
+        ids,
+        cfg.eval.max_new_tokens,
+        cfg.eval.batch_size,
+        desc,
+        compute_dtype=loaded.hw.compute_dtype,
+        synced=training.fsdp_active(cfg, loaded.hw),
     )
 
 
-def summarize_baselines(cfg: Config, loaded: Loaded, train_split, dialogues: list) -> dict[str, Generated]:
-    """The base model's summaries with the in-context prompts of each of `eval.baselines`."""
+def baseline_prompts(cfg: Config, loaded: Loaded, train_split, dialogues: list) -> dict[str, list[list[int]]]:
+    """The in-context prompts of each of `eval.baselines`, built before anything is scored: a baseline whose shots
+    cannot fit the model's context stops the run before any generation, not after the base model was scored."""
     return {
-        name: summarize(
-            cfg,
-            loaded,
-            in_context_prompts(cfg, loaded.tokenizer, loaded.model, train_split, dialogues, name),
-            f"{name} baseline",
-        )
+        name: in_context_prompts(cfg, loaded.tokenizer, loaded.model, train_split, dialogues, name)
         for name in cfg.eval.baselines
     }
 
@@ -221,8 +232,12 @@ def fine_tune(cfg: Config, loaded: Loaded, splits: dict, run_dir: Path, checkpoi
         raise Interrupted(f"{e}; run the same command again (same output.run_name={run_dir.name}) to resume") from None
     model = trainer.model
     model.config.use_cache = True
+    if cfg.method != "full":
+        modeling.ready_for_generation(model, loaded.hw)
+    # under FSDP each rank holds a shard (DTensor) of every weight: all ranks gather the whole state, rank 0 saves it
+    state = trainer.accelerator.get_state_dict(model) if training.fsdp_active(cfg, loaded.hw) else None
     if runtime.is_main_process():
-        modeling.save_trained(model, loaded.tokenizer, cfg, run_dir)
+        modeling.save_trained(model, loaded.tokenizer, cfg, run_dir, state)
     return model, result
 
 
@@ -268,13 +283,16 @@ def run_metrics(
     loaded: Loaded,
     result: TrainResult,
     dialogues: list,
-    tuned: Generated,
+    summaries: Summaries,
     scores: dict,
 ) -> dict:
     """metrics.json: the run, the scorer, the generation settings, the scores and the training figures."""
     from job import modeling, prompts, rundir, scoring
 
     seed, samples = cfg.train.seed, cfg.eval.bootstrap_samples
+    tuned = summaries.finetuned
+    scored = {"base": summaries.base, "finetuned": tuned, **summaries.baselines}
+    halved = {name: out.halved_to for name, out in scored.items() if out is not None and out.halved_to}
     trainable, total = modeling.parameter_counts(loaded.model)
     finished_at = rundir.now()
     return {
@@ -297,7 +315,8 @@ def run_metrics(
             "max_new_tokens": cfg.eval.max_new_tokens,
             "do_sample": False,
             "num_beams": 1,
-            "batch_size": tuned.batch_size,
+            "batch_size": cfg.eval.batch_size,  # batches formed over all dialogues, whatever the processes
+            **({"halved_after_oom": halved} if halved else {}),
             "dtype": modeling.dtype_name(loaded.hw.compute_dtype),
             "prompt_sha256": prompts.prompt_sha256(loaded.tokenizer, cfg.data),
             "summaries_per_second": round(len(dialogues) / tuned.seconds, 3) if tuned.seconds else None,
@@ -359,14 +378,19 @@ def in_context_prompts(cfg: Config, tokenizer, model, train_split, dialogues, na
     picks = random.Random(cfg.train.seed).sample(pool, k)
     shots = tuple((train_split[i]["dialogue"], train_split[i]["summary"]) for i in picks)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    budget = prompts.prompt_budget(cfg.data, shots=True, context=context, max_new_tokens=cfg.eval.max_new_tokens)
+    enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+    budget = prompts.prompt_budget(
+        cfg.data, enc_dec, shots=True, context=context, max_new_tokens=cfg.eval.max_new_tokens
+    )
     try:
         return [prompts.prompt_ids_for_generation(tokenizer, cfg.data, d.dialogue, budget, shots) for d in dialogues]
     except ValueError:
+        room = (
+            f"{context} tokens" if enc_dec else f"{context} tokens minus eval.max_new_tokens={cfg.eval.max_new_tokens}"
+        )
         raise ConfigInputError(
-            f"eval.baselines {name}: {k} shots alone exceed the model's context of {context} tokens minus "
-            f"eval.max_new_tokens={cfg.eval.max_new_tokens}; use one_shot, fewer eval.few_shot_examples or a "
-            f"model with a longer context"
+            f"eval.baselines {name}: {k} shots alone exceed the model's context of {room}; use one_shot, fewer "
+            f"eval.few_shot_examples or a model with a longer context"
         ) from None
 
 

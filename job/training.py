@@ -19,7 +19,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, Trai
 
 from job import distributed, faults, logs, prompts, runtime
 from job.config import Config
-from job.errors import ResourceError, TrainingError
+from job.errors import ConfigInputError, ResourceError, TrainingError
 from job.modeling import Hardware
 
 log = logging.getLogger(__name__)
@@ -137,21 +137,35 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+# What a resume reads, as the Trainer writes it: `optimizer.pt` without FSDP; under FSDP accelerate writes
+# `optimizer.bin` (full state dict) or an `optimizer_0/` folder (sharded), and the model as safetensors (the adapter)
+# or `pytorch_model_fsdp*` (a .bin file or a sharded folder).
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
+OPTIMIZER_FOLDER = "optimizer_0"
+FSDP_MODEL_PREFIX = "pytorch_model_fsdp"
+
+
 def checkpoint_loadable(path: Path) -> bool:
-    """The files a resume reads exist and the adapter weights parse."""
+    """The files a resume reads exist (as written with or without FSDP) and the weights parse."""
     from safetensors import safe_open
 
-    needed = ["trainer_state.json", "optimizer.pt", "scheduler.pt"]
-    if any(not (path / f).is_file() for f in needed):
+    has_optimizer = any((path / f).is_file() for f in OPTIMIZER_FILES) or (path / OPTIMIZER_FOLDER).is_dir()
+    if not has_optimizer or not (path / "trainer_state.json").is_file() or not (path / "scheduler.pt").is_file():
         return False
     weights = list(path.glob("*.safetensors"))
-    if not weights:
+    fsdp_weights = [p for p in path.glob(FSDP_MODEL_PREFIX + "*") if p.suffix == ".bin" or p.is_dir()]
+    if not weights and not fsdp_weights:
         return False
     try:
         for w in weights:
             with safe_open(str(w), framework="pt") as f:
                 for key in f.keys():
                     f.get_tensor(key)
+        for w in fsdp_weights:
+            if w.is_file():
+                torch.load(w, map_location="cpu", weights_only=True)
+            elif not any(w.iterdir()):
+                return False
         json.loads((path / "trainer_state.json").read_text())
     except Exception:
         return False
@@ -159,10 +173,18 @@ def checkpoint_loadable(path: Path) -> bool:
 
 
 def resume_point(folder: Path) -> Path | None:
-    for path in complete_checkpoints(folder):
+    """The newest complete checkpoint that reads back; None when there is none. Checkpoints that are all marked
+    complete yet unreadable stop the run: starting over silently would throw their steps away."""
+    complete = complete_checkpoints(folder)
+    for path in complete:
         if checkpoint_loadable(path):
             return path
         log.warning("checkpoint %s is marked complete but cannot be read; trying an older one", path)
+    if complete:
+        raise TrainingError(
+            f"none of the {len(complete)} complete checkpoints in {folder} can be read, so the run cannot resume; "
+            f"move or delete {folder} to start training over"
+        )
     return None
 
 
@@ -306,29 +328,56 @@ def schedule(cfg: Config, n_train: int) -> Schedule:
     return Schedule(total, eval_every, save_every)
 
 
-def fsdp_arguments(cfg: Config) -> dict:
-    """FSDP settings for the Trainer: FSDP2 (per-parameter sharding, which keeps frozen 4-bit and trainable LoRA
-    weights apart), full sharding wrapped per transformer block, weights loaded once on rank 0 and broadcast, and a
-    full state dict so the saved adapter is whole."""
-    if not cfg.train.fsdp:
-        return {}
-    if not runtime.distributed():
-        log.warning("train.fsdp=true without torchrun: a single process has nothing to shard; training without FSDP")
-        return {}
+def fsdp_active(cfg: Config, hw: Hardware) -> bool:
+    """FSDP shards only CUDA processes under torchrun: on CPU processes accelerate runs DDP whatever the setting."""
+    return cfg.train.fsdp and runtime.distributed() and hw.device == "cuda"
+
+
+def check_fsdp(cfg: Config, cuda: bool, processes: int) -> None:
+    """Each piece of FSDP is right by construction (optimizer, device, generation, save, resume), but no run on
+    several GPUs has proved them together yet: refuse that case up front rather than spend GPU hours on it."""
+    if cfg.train.fsdp and cuda and processes > 1:
+        raise ConfigInputError(
+            f"train.fsdp=true with {processes} CUDA processes has not been proved on several GPUs yet; set "
+            f"train.fsdp=false (each GPU then trains a whole 4-bit copy with DDP) or run on one GPU"
+        )
+
+
+def fsdp_settings() -> dict:
+    """The Trainer's FSDP arguments: FSDP2 (per-parameter sharding, which keeps frozen 4-bit and trainable LoRA
+    weights apart), full sharding wrapped per transformer block, and a full state dict so the saved adapter is
+    whole. Every rank loads its own copy onto its GPU (the model is scored before training, on the GPU), so no
+    rank-0 loading and broadcast."""
     return {
         "fsdp": True,
         "fsdp_config": {
             "version": 2,
             "reshard_after_forward": True,
-            "cpu_ram_efficient_loading": True,
+            "cpu_ram_efficient_loading": False,
             "state_dict_type": "FULL_STATE_DICT",
         },
     }
 
 
+def fsdp_arguments(cfg: Config, hw: Hardware) -> dict:
+    if not cfg.train.fsdp:
+        return {}
+    if not runtime.distributed():
+        log.warning("train.fsdp=true without torchrun: a single process has nothing to shard; training without FSDP")
+        return {}
+    if hw.device != "cuda":
+        log.warning("train.fsdp=true on CPU processes: FSDP shards CUDA processes only; training with DDP")
+        return {}
+    return fsdp_settings()
+
+
 def optimizer_name(cfg: Config, hw: Hardware) -> str:
+    """`auto`: paged 8-bit AdamW for qlora on a GPU; plain AdamW under FSDP (bitsandbytes' optimizers do not take
+    FSDP2's DTensor parameters) and elsewhere."""
     if cfg.train.optimizer != "auto":
         return cfg.train.optimizer
+    if fsdp_active(cfg, hw):
+        return "adamw_torch"
     return "paged_adamw_8bit" if (hw.device == "cuda" and cfg.method == "qlora") else "adamw_torch"
 
 
@@ -341,9 +390,11 @@ def training_arguments(
     *,
     validating: bool,
     encoder_decoder: bool,
+    fsdp: dict | None = None,
 ) -> TrainingArguments:
     """Every Trainer setting of the run, from the config, the hardware, the step schedule and the batch layout
-    (`packing_mode`)."""
+    (`packing_mode`). `fsdp`: FSDP settings to use whatever the process count (`python -m benchmarks gpu` runs
+    FSDP2 in one process); None: `fsdp_arguments`."""
     args_cls = Seq2SeqTrainingArguments if encoder_decoder else TrainingArguments
     return args_cls(
         output_dir=str(checkpoint_dir),
@@ -375,7 +426,7 @@ def training_arguments(
         remove_unused_columns=False,
         # activation checkpointing is left off here: it is enabled on the model before LoRA is attached
         ddp_find_unused_parameters=False,  # only LoRA weights train, all of them every step
-        **fsdp_arguments(cfg),
+        **(fsdp if fsdp is not None else fsdp_arguments(cfg, hw)),
         report_to="none",
         logging_nan_inf_filter=False,  # the filter logs a NaN loss as 0 and the run would finish with NaN weights
         seed=cfg.train.seed,
@@ -389,7 +440,17 @@ def training_arguments(
 # Training
 
 
-def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, checkpoint_dir: Path, attn: str):
+def train(
+    model,
+    tokenizer,
+    splits,
+    cfg: Config,
+    hw: Hardware,
+    run_dir: Path,
+    checkpoint_dir: Path,
+    attn: str,
+    fsdp: dict | None = None,
+):
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
@@ -413,7 +474,7 @@ def train(model, tokenizer, splits, cfg: Config, hw: Hardware, run_dir: Path, ch
     )
     model.config.use_cache = False  # packed sequences are only kept apart without a cache; training needs none
     args = training_arguments(
-        cfg, hw, checkpoint_dir, steps, mode, validating=eval_ds is not None, encoder_decoder=enc_dec
+        cfg, hw, checkpoint_dir, steps, mode, validating=eval_ds is not None, encoder_decoder=enc_dec, fsdp=fsdp
     )
     main = runtime.is_main_process()
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard")) if main else None

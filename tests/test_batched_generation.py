@@ -50,7 +50,7 @@ def one_at_a_time(model, tokenizer, ids: list[list[int]], max_new_tokens: int) -
     stops = set(config_.eos_token_id)
     out = []
     for p in ids:
-        x = torch.tensor([p])
+        x = torch.tensor([p], device=model.device)
         new = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=config_)[0, len(p) :]
         new = new.tolist()
         end = next((k for k, t in enumerate(new) if t in stops), len(new))

@@ -116,3 +116,71 @@ def test_unknown_model_is_not_judged() -> None:
 def test_builtin_model_fits_anything() -> None:
     est = memory.estimate_gpu_memory(config.resolve("test"))
     assert est["total"] < 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimate's terms against a measured peak: torch's own MemTracker counts every tensor alive, on the CPU.
+
+
+def _measured_peak(fn, *tracked) -> dict:
+    import torch
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(*tracked)
+    with tracker:
+        fn()
+    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_the_loss_term_is_what_the_loss_holds_at_its_peak(dtype_name: str) -> None:
+    """transformers' causal-LM loss on logits in the compute dtype: the logits, their fp32 upcast, log-softmax and
+    the gradients, measured per logit. The term once counted 8 bytes; the loss holds 14 in bf16, 16 in fp32."""
+    import torch
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    dtype = getattr(torch, dtype_name)
+    batch, length, vocab = 4, 512, 1024
+    logits = torch.randn(batch, length, vocab, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, vocab, (batch, length))
+    peak = _measured_peak(lambda: ForCausalLMLoss(logits, labels, vocab).backward(), logits)
+    assert peak["Total"] / (batch * length * vocab) == pytest.approx(memory.logits_bytes(dtype.itemsize), abs=0.01)
+
+
+def test_a_training_step_stays_within_the_estimate(tmp_path: Path) -> None:
+    """A whole step of the tiny Llama (every weight trained, so MemTracker can follow every gradient; activation
+    checkpointing on): what the step holds beyond its weights and gradients at its peak is at most the estimate's
+    activations + logits, and not far below (the estimate adds their peaks, which do not coincide)."""
+    import torch
+
+    from job import builtin, modeling
+
+    folder = builtin.build("builtin:tiny-llama", tmp_path / "tiny")
+    cfg = config.resolve("test", ["method=full", "train.gradient_checkpointing=true", "train.batch_size=4"])
+    model = modeling.add_adapters(modeling.load_base_model(cfg, str(folder), modeling.detect_hardware("float32")), cfg)
+    model.train()
+    ids = torch.randint(3, model.config.vocab_size, (cfg.train.batch_size, cfg.data.max_length))
+    peak = _measured_peak(lambda: model(input_ids=ids, labels=ids).loss.backward(), model)
+    measured = sum(v for k, v in peak.items() if getattr(k, "value", None) in ("Activation", "Temp"))
+    est = memory.estimate_bytes(cfg, memory.architecture(str(folder)), compute_bytes=4)
+    assert measured <= est["activations"] + est["logits"] <= 2.5 * measured
+
+
+def test_the_3b_preset_counts_the_fp32_residual_stream_and_the_lm_head_copy() -> None:
+    """QLoRA with prepare_model_for_kbit_training: the checkpointed block inputs are fp32, and the tied embedding's
+    fp32 weight gets a bf16 copy under autocast for the lm_head, kept for the backward pass."""
+    est = memory.estimate_bytes(resolve())
+    arch = memory.architecture("meta-llama/Llama-3.2-3B")
+    assert est["lm_head_copy"] == arch["vocab"] * arch["hidden"] * 2
+    assert est["logits"] == 4 * 1024 * arch["vocab"] * 14
+    no_upcast = memory.estimate_bytes(resolve("model.upcast_non_quantized=false"))
+    assert no_upcast["lm_head_copy"] == 0 and no_upcast["activations"] < est["activations"]
+    gib = memory.estimate_gpu_memory(resolve())["total"]
+    assert 12 < gib < memory.GPU_MEMORY_GB["T4"] * memory.USABLE_FRACTION  # fits a T4, tightly
+
+
+def test_full_fine_tuning_counts_fp32_master_weights_gradients_and_adamw() -> None:
+    est = memory.estimate_bytes(resolve("method=full", "model.load_in_4bit=false"))
+    total = memory.parameter_counts(memory.architecture("meta-llama/Llama-3.2-3B"))["total"]
+    assert est["weights"] + est["non_quantized"] + est["lora_and_optimizer"] == total * 16

@@ -30,13 +30,13 @@ def test_cpu_computes_in_fp32():
 def test_base_layers_are_4bit_nf4(qlora_model):
     import bitsandbytes as bnb
 
-    _, _, _, base, _ = qlora_model
+    _, hw, _, base, _ = qlora_model
     quantized = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
     weight = quantized[0].weight
     assert weight.quant_state.quant_type == "nf4"
     assert weight.quant_state.nested  # double quantization
-    assert weight.dtype == torch.float32  # quant storage matches the compute dtype on CPU (packed bytes)
+    assert weight.dtype == hw.compute_dtype  # quant storage matches the compute dtype (packed bytes), as FSDP needs
     assert base.is_loaded_in_4bit
 
 

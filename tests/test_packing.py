@@ -1,5 +1,6 @@
 """Padding-free packing is exact: a packed batch gives every example the logits it gets alone, and the same loss as
-a padded batch. Checked on the built-in tiny Llama in real 4-bit NF4 and unquantized, fp32 on the CPU.
+a padded batch. Checked on the built-in tiny Llama in real 4-bit NF4 and unquantized, in fp32, on the device the
+job runs on (the GPU where there is one), with the attention the job picks there.
 
 The premise, from transformers: packed examples are kept apart by position ids only when the forward pass runs
 without a cache. With the cache on, later examples attend to earlier ones; that case is checked too, so these tests
@@ -59,11 +60,12 @@ def packed_and_separate(model, tokenizer, features, use_cache: bool) -> list[tup
     """(packed slice, separate) logits per example."""
     batch = make_collator("padding_free", tokenizer)(features)
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    batch = {k: v.to(model.device) for k, v in batch.items()}
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=use_cache).logits[0]
         pairs, start = [], 0
         for f in features:
-            ids = torch.tensor([f["input_ids"]])
+            ids = torch.tensor([f["input_ids"]], device=model.device)
             alone = model(input_ids=ids, use_cache=use_cache).logits[0]
             pairs.append((packed[start : start + ids.shape[1]], alone))
             start += ids.shape[1]
@@ -94,6 +96,7 @@ def test_packed_loss_equals_padded_loss(loaded, features):
     packed = make_collator("padding_free", tokenizer)(features)
     padded = make_collator("group_by_length", tokenizer)(features)
     assert padded["input_ids"].shape[0] == len(features) and (padded["attention_mask"] == 0).any()
+    packed, padded = ({k: v.to(model.device) for k, v in b.items()} for b in (packed, padded))
     with torch.no_grad():
         loss_packed = model(**packed, use_cache=False).loss.item()
         loss_padded = model(**padded, use_cache=False).loss.item()

@@ -200,7 +200,7 @@ def test_gpu_memory_fit_names_what_to_lower():
     with pytest.raises(ResourceError) as e:
         preflight.check_gpu(cfg, ("Tesla T4", 14.7))
     message = str(e.value)
-    assert "meta-llama/Llama-3.2-3B-Instruct needs ~24.3 GB of GPU memory" in message
+    assert "meta-llama/Llama-3.2-3B-Instruct needs ~39.4 GB of GPU memory" in message
     assert "more than the Tesla T4's 14.7 GB allow" in message
     assert "lower train.batch_size to 4 with train.gradient_accumulation_steps=16" in message
     preflight.check_gpu(cfg, ("NVIDIA H100 80GB HBM3", 79.1))
