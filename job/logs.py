@@ -44,7 +44,12 @@ def redact(text: str) -> str:
 def setup(level: int = logging.INFO) -> None:
     """Log to stderr with timestamps; quiet the chattiest libraries. Safe to call twice."""
     root = logging.getLogger()
-    if not any(getattr(h, "_job_handler", False) for h in root.handlers):
+    ours = [h for h in root.handlers if getattr(h, "_job_handler", False)]
+    for handler in ours:  # a second call follows sys.stderr where it went since (a caller that captures it)
+        if handler.stream is not sys.stderr:
+            with handler.lock:  # not setStream: it flushes the old stream, which may be closed by now
+                handler.stream = sys.stderr
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
         handler._job_handler = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
