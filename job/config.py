@@ -405,6 +405,46 @@ class Config:
         d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "run_name")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
+    @property
+    def scored_split(self) -> str:
+        """The split whose dialogues are summarized and scored: eval.split, else data.test_split."""
+        return self.eval.split or self.data.test_split
+
+    def weights_config(self) -> dict[str, Any]:
+        """Every dotted key that shapes the trained weights, with its value: all but `WEIGHTS_NEUTRAL`."""
+        flat = flatten(self.to_dict())
+        return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in WEIGHTS_NEUTRAL)}
+
+    def weights_hash(self) -> str:
+        """16 hex digits identifying what shapes the trained weights, which every checkpoint records: a resume
+        whose config differs there would continue training other weights."""
+        return hashlib.sha256(json.dumps(self.weights_config(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+WEIGHTS_NEUTRAL = (
+    "output",
+    "eval",
+    "train.logging_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.checkpoint_dir",
+    "train.keep_checkpoints",
+    "train.require_gpu",
+)
+"""Sections and keys that change where a run goes, what is scored after training, how it is logged or where its
+checkpoints are kept, never the weights a step trains: a resume may change them."""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as dotted keys (`{"lora": {"r": 8}}` -> `{"lora.r": 8}`)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
 
 class ConfigError(ValueError):
     """One or more problems with the configuration; `problems` lists each one."""

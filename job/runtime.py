@@ -43,6 +43,18 @@ def hyperparameters() -> dict[str, Any]:
     return {}
 
 
+TUNING_OBJECTIVE = "_tuning_objective_metric"
+"""The hyperparameter SageMaker's automatic model tuning adds to each trial: the objective metric's name."""
+
+
+def tuning_objective() -> str | None:
+    """The objective metric (`validation:rougeL`) when this job is a trial of a SageMaker tuning job, else None."""
+    if platform() != "sagemaker":
+        return None
+    value = hyperparameters().get(TUNING_OBJECTIVE)
+    return str(value) if value else None
+
+
 def exit_on_sigterm() -> None:
     """Make SIGTERM end this process at once with exit code 143, also as PID 1 (where the kernel drops a signal
     that has no handler). For the start-up: training replaces this with its checkpointing handler.
@@ -84,9 +96,14 @@ def model_dir() -> Path | None:
 
 
 def default_checkpoint_dir(run_dir: Path) -> Path:
-    """/opt/ml/checkpoints on SageMaker (synced with S3), /kaggle/working/checkpoints on Kaggle, else in the run."""
+    """/opt/ml/checkpoints on SageMaker (synced with S3), /kaggle/working/checkpoints on Kaggle, else in the run.
+    A tuning trial keeps its own in /opt/ml/checkpoints/<training job name>: every trial of a tuning job syncs the
+    same S3 prefix, and a spot restart of a trial keeps its name."""
     where = platform()
     if where == "sagemaker":
+        job_name = os.environ.get("TRAINING_JOB_NAME")
+        if job_name and tuning_objective():
+            return OPT_ML / "checkpoints" / job_name
         return OPT_ML / "checkpoints"
     if where == "kaggle":
         return KAGGLE_WORKING / "checkpoints"

@@ -73,7 +73,7 @@ def run(cfg: Config) -> Path | None:
     metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, summaries, scores)
     _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
     finish_run_folder(cfg, run_dir, checkpoint_dir)
-    _print_final_metrics(metrics)
+    _print_final_metrics(metrics, cfg)
     rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
     log.info("run complete: %s", run_dir)
     publish_run(cfg, run_dir)
@@ -110,10 +110,29 @@ def prepare_run(cfg: Config) -> tuple[Path, Hardware]:
     if cfg.output.run_name is None:
         cfg.output.run_name = distributed.broadcast(runtime.default_run_name(cfg.hash()))
     run_dir = rundir.run_path(cfg)
+    check_tuning_objective(cfg, runtime.tuning_objective())
+    training.refuse_foreign_checkpoints(cfg, checkpoint_folder(cfg, run_dir))
     token = secrets.resolve_hf_token()
     if runtime.is_main_process():  # one probe write, one Hub check
         preflight.check(cfg, token)
     return run_dir, modeling.detect_hardware(cfg.model.compute_dtype)
+
+
+def check_tuning_objective(cfg: Config, objective: str | None) -> None:
+    """A tuning trial's objective (`validation:rougeL`) is a score of the split this run scores, which is never the
+    test split: refused before anything loads otherwise."""
+    from job.errors import ConfigInputError
+    from job.scoring import METRICS
+
+    if objective is None:
+        return
+    split, _, metric = objective.partition(":")
+    if split != cfg.scored_split or split == cfg.data.test_split or metric not in METRICS:
+        raise ConfigInputError(
+            f"the tuning objective {objective} is not a score this run prints: a trial scores eval.split "
+            f"(now {cfg.scored_split}), which must not be the test split ({cfg.data.test_split}), and the objective "
+            f"is <eval.split>:<{'|'.join(METRICS)}>; launch the tuning job with `python -m launch sagemaker tune`"
+        )
 
 
 def torch_cuda_available() -> bool:
@@ -413,7 +432,9 @@ def _write_results(run_dir: Path, cfg: Config, metrics: dict, predictions: list[
     rundir.write_json(run_dir / "metrics.json", metrics)
 
 
-def _print_final_metrics(metrics: dict) -> None:
+def _print_final_metrics(metrics: dict, cfg: Config) -> None:
+    """`base_*`/`finetuned_*` ROUGE; a run scored on a split other than the test split (a tuning trial's
+    objective) also prints the fine-tuned scores named with that split: `metrics: validation_rougeL=...`."""
     from job import logs
     from job.scoring import METRICS
 
@@ -422,3 +443,6 @@ def _print_final_metrics(metrics: dict) -> None:
         if metrics.get(key):
             values.update({f"{key}_{m}": round(metrics[key][m], 6) for m in METRICS})
     logs.emit_metrics(values)
+    split = cfg.scored_split
+    if split != cfg.data.test_split:
+        logs.emit_metrics({f"{split}_{m}": round(metrics["finetuned"][m], 6) for m in METRICS})

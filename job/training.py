@@ -188,6 +188,31 @@ def resume_point(folder: Path) -> Path | None:
     return None
 
 
+def refuse_foreign_checkpoints(cfg: Config, folder: Path) -> None:
+    """Before anything loads: a complete checkpoint in `folder` trained with other weight-shaping settings (the
+    config changed before a restart; another trial of a tuning job) is never resumed. Checkpoints written before
+    markers carried a hash are resumed as they always were."""
+    expected = cfg.weights_hash()
+    for path in complete_checkpoints(folder):
+        try:
+            marker = json.loads((path / COMPLETE_MARKER).read_text())
+        except (OSError, ValueError):
+            continue  # an unreadable marker: resume_point's checks decide about this checkpoint
+        found = marker.get("config_hash")
+        if found is None or found == expected:
+            continue
+        theirs, ours = marker.get("config") or {}, cfg.weights_config()
+        changed = [f"{k} {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
+                   if theirs.get(k) != ours.get(k)]  # fmt: skip
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ConfigInputError(
+            f"{path} was trained with another config (config hash {found}, this run's {expected}"
+            + (f": {shown}" if shown else "")
+            + f"), so this run does not resume it; restore those settings to resume, or use another "
+            f"output.run_name or train.checkpoint_dir (or move {folder} away) to train from the start"
+        )
+
+
 def relocate_best_checkpoint(resume: Path) -> None:
     """A checkpoint folder copied in from elsewhere (Kaggle's next session, SageMaker's restore from S3) records the
     best checkpoint under its old path, which the Trainer drops (or, where it still exists, reads from another run's
@@ -240,12 +265,16 @@ class MetricsLines(TrainerCallback):
 
 
 class MarkComplete(TrainerCallback):
-    """A checkpoint is only complete once the Trainer has written all of it."""
+    """A checkpoint is only complete once the Trainer has written all of it. Its marker records the hash of what
+    shapes the weights (and those values), which a resume must match (`refuse_foreign_checkpoints`)."""
+
+    def __init__(self, cfg: Config):
+        self.marker = {"config_hash": cfg.weights_hash(), "config": cfg.weights_config()}
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and path.is_dir():
-            (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+            (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step, **self.marker}))
             log.info("checkpoint saved: %s", path)
 
 
@@ -479,7 +508,7 @@ def train(
     main = runtime.is_main_process()
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard")) if main else None
     sigterm = StopOnSigterm()
-    callbacks = [MetricsLines(), MarkComplete(), sigterm] + ([TensorBoardCallback(tb_writer=writer)] if main else [])
+    callbacks = [MetricsLines(), MarkComplete(cfg), sigterm] + ([TensorBoardCallback(tb_writer=writer)] if main else [])
     columns = ["input_ids", "labels"]
     trainer = (CountingSeq2SeqTrainer if enc_dec else CountingTrainer)(
         model=model,
