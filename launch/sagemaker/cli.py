@@ -2,6 +2,7 @@
 
     python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot [key=value ...]
     python -m launch sagemaker status|logs|fetch|stop JOB
+    python -m launch sagemaker tune --config NAME --instance TYPE --image ECR_URI --param KEY=A,B ...  (tune.py)
 
 Everything that can be checked without spending money is checked first, all at once (`checks`): the instance
 type, the config's GPU memory fit on its GPU, spot timing, the region, the whole request against botocore's service
@@ -461,22 +462,31 @@ def run(argv: list[str]) -> int:
     with _aws_errors():
         if argv and argv[0] in COMMANDS:
             return run_command(argv)
+        if argv and argv[0] == "tune":
+            from launch.sagemaker import tune
+
+            return tune.run(argv[1:])
         args, extra = submit_parser().parse_known_args(argv)
-        unknown = [
-            t for t in extra if t.startswith("--") and "." not in t.split("=")[0] and t[2:].split("=")[0] != "method"
-        ]
-        if unknown:
-            raise BadInput(f"unknown option {unknown[0]} (config overrides look like key.sub=value); see --help")
-        try:
-            cfg = config_mod.resolve(args.config, extra)
-        except config_mod.ConfigError as e:
-            raise BadInput(*e.problems) from None
+        cfg = resolve_launch_config(args, extra)
         problems, warnings = check(args, cfg)
         if problems:
             raise BadInput(*problems)
         for warning in warnings:
             _note(f"warning: {warning}")
         return dry_run(args, cfg) if args.dry_run else submit(args, cfg)
+
+
+def resolve_launch_config(args: argparse.Namespace, extra: list[str]) -> config_mod.Config:
+    """The config of `--config` with the overrides after the options; a mistyped option is not an override."""
+    unknown = [
+        t for t in extra if t.startswith("--") and "." not in t.split("=")[0] and t[2:].split("=")[0] != "method"
+    ]
+    if unknown:
+        raise BadInput(f"unknown option {unknown[0]} (config overrides look like key.sub=value); see --help")
+    try:
+        return config_mod.resolve(args.config, extra)
+    except config_mod.ConfigError as e:
+        raise BadInput(*e.problems) from None
 
 
 @contextlib.contextmanager

@@ -81,22 +81,17 @@ _METRIC_KEYS = {
 }
 
 
+def metric_regex(key: str) -> str:
+    """The regex that reads `key`'s value from the job's `metrics:` lines."""
+    return rf"metrics: .*\b{key}=([0-9.]+)"
+
+
 def metric_definitions() -> list[dict[str, str]]:
-    return [{"Name": name, "Regex": rf"metrics: .*\b{key}=([0-9.]+)"} for name, key in _METRIC_KEYS.items()]
+    return [{"Name": name, "Regex": metric_regex(key)} for name, key in _METRIC_KEYS.items()]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The config as hyperparameters
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def encode_value(value: Any) -> str:
@@ -112,8 +107,8 @@ def hyperparameters_for(cfg: Config) -> dict[str, str]:
     """The resolved config as dotted-key hyperparameters: every value that differs from the defaults, so the job
     rebuilds exactly this config from them alone (an image that only runs `train`) and the console shows what
     this run changed."""
-    defaults = _flatten(Config().to_dict())
-    return {k: encode_value(v) for k, v in _flatten(cfg.to_dict()).items() if defaults.get(k) != v}
+    defaults = config_mod.flatten(Config().to_dict())
+    return {k: encode_value(v) for k, v in config_mod.flatten(cfg.to_dict()).items() if defaults.get(k) != v}
 
 
 # ----------------------------------------------------------------------------------------------------------------
