@@ -44,6 +44,10 @@ STAMP = "%y%m%d%H%M%S"
 TRIAL_KEYS = ("eval.split", "eval.base", "eval.baselines", "eval.num_dialogues")
 """What every trial sets for itself (what is scored), left out of the command that runs the best config."""
 COMMANDS = ("status", "fetch")
+# SageMaker's documented limits for automatic model tuning (docs: "Resource Limits for Automatic Model Tuning", as
+# of 2026-12): parallel trials per tuning job 10 by default (raisable to 100), trials per tuning job 750, metric
+# definitions per tuning job 20.
+MAX_PARALLEL_DEFAULT, MAX_PARALLEL_RAISED, MAX_TRIALS, MAX_METRICS = 10, 100, 750, 20
 
 EPILOG = """examples:
   python -m launch sagemaker tune --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot \\
@@ -357,6 +361,12 @@ def _search_problems(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[
         problems.append("--max-jobs and --max-parallel must be at least 1")
     elif strategy != "Grid" and args.max_parallel > args.max_jobs:
         problems.append(f"--max-parallel {args.max_parallel} is above --max-jobs {args.max_jobs}")
+    if args.max_parallel > MAX_PARALLEL_RAISED:
+        problems.append(
+            f"--max-parallel {args.max_parallel}: a tuning job runs at most {MAX_PARALLEL_RAISED} trials at once"
+        )
+    if trials(strategy, ranges, args.max_jobs) > MAX_TRIALS:
+        problems.append(f"--max-jobs: a tuning job runs at most {MAX_TRIALS} trials (a grid: every combination)")
     if args.objective_dialogues < 1:
         problems.append("--objective-dialogues must be at least 1")
     if objective is None or problems:
@@ -420,6 +430,9 @@ def build(search: Search, plan: req.Plan, now: datetime | None = None) -> dict[s
         plan, name, search.ranges, search.objective, search.strategy, args.max_jobs, args.max_parallel
     )
     problems = request_problems(request)
+    metrics = request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+    if len(metrics) > MAX_METRICS:
+        problems.append(f"{len(metrics)} metric definitions: a tuning job takes at most {MAX_METRICS}")
     if problems:
         raise BadInput(*problems)
     return request
@@ -443,6 +456,11 @@ def submit(search: Search, region: str) -> int:
         raise LaunchError(f"--max-parallel {args.max_parallel}: {e}") from None
     if warning:
         _note(f"warning: {warning}")
+    if args.max_parallel > MAX_PARALLEL_DEFAULT:
+        _note(
+            f"warning: --max-parallel {args.max_parallel} is above SageMaker's default of {MAX_PARALLEL_DEFAULT} "
+            f"parallel trials per tuning job; the service refuses it unless that limit was raised for this account"
+        )
     secret_id, secret = checks.uses_secret(args), None
     if secret_id:
         secrets = boto.client("secretsmanager")
@@ -476,14 +494,20 @@ def submit(search: Search, region: str) -> int:
 
 
 def describe(sm: Any, name: str) -> dict[str, Any]:
+    """The tuning job, with its tags (the config it ran), which the description itself leaves out."""
     from botocore.exceptions import ClientError
 
     try:
-        return sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        job = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
     except ClientError as e:
         if e.response["Error"]["Code"] in ("ResourceNotFound", "ValidationException"):
             raise LaunchError(f"no tuning job named {name!r} in this account and region (check --region)") from None
         raise
+    try:
+        job["Tags"] = sm.list_tags(ResourceArn=job["HyperParameterTuningJobArn"])["Tags"]
+    except ClientError:
+        job["Tags"] = []  # the command for the best config then names CONFIG for the user to fill in
+    return job
 
 
 def trial_summaries(sm: Any, name: str) -> list[dict[str, Any]]:
@@ -520,29 +544,33 @@ def trial_rows(job: dict[str, Any], summaries: list[dict[str, Any]]) -> list[lis
 
 
 def best_command(job: dict[str, Any], best: dict[str, Any]) -> str:
-    """`python -m launch sagemaker ...` that runs the best trial's config once, scored on the test split: the tuned
-    values and the static ones that differ from the preset, without what only trials set (TRIAL_KEYS)."""
+    """`python -m launch sagemaker ...` that runs the best trial's config once, scored on the test split: every key
+    where the trial's config differs from the preset it started from, without what only trials set (TRIAL_KEYS)."""
     definition = job["TrainingJobDefinition"]
-    tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
-    config_name = tags.get("config", "CONFIG")
-    static = definition.get("StaticHyperParameters", {})
+    config_name = {t["Key"]: t["Value"] for t in job.get("Tags", [])}.get("config", "CONFIG")
+    trial = config_mod.flatten(
+        config_mod.resolve(
+            None, [], {**definition.get("StaticHyperParameters", {}), **best["TunedHyperParameters"]}
+        ).to_dict()
+    )
     try:
-        preset = req.hyperparameters_for(config_mod.resolve(config_name))
-    except config_mod.ConfigError:
-        preset = {}
+        preset = config_mod.flatten(config_mod.resolve(config_name).to_dict())
+    except config_mod.ConfigError:  # a YAML file not here: every value that differs from the defaults
+        preset = config_mod.flatten(config_mod.Config().to_dict())
     output = definition["OutputDataConfig"]["S3OutputPath"].rstrip("/").removesuffix("/jobs")
     channels = {
         str(req.CHANNEL_ROOT / c["ChannelName"]): c["DataSource"]["S3DataSource"]["S3Uri"].rstrip("/")
         for c in definition.get("InputDataConfig", [])
     }
     overrides = {}
-    for key, value in {**static, **best.get("TunedHyperParameters", {})}.items():
+    for key, value in trial.items():
         if key in TRIAL_KEYS or preset.get(key) == value or (key == "output.uri" and value == f"{output}/runs"):
             continue
+        text = req.encode_value(value)
         for inside, uri in channels.items():  # a local data set or model, uploaded: used from S3 in place
-            if value == inside or value.startswith(inside + "/"):
-                value = uri + value[len(inside) :]
-        overrides[key] = value
+            if text == inside or text.startswith(inside + "/"):
+                text = uri + text[len(inside) :]
+        overrides[key] = text
     resources = definition["ResourceConfig"]
     words = ["python", "-m", "launch", "sagemaker", "--config", config_name, "--instance", resources["InstanceType"],
              "--image", definition["AlgorithmSpecification"]["TrainingImage"], "--output", output,
@@ -553,9 +581,13 @@ def best_command(job: dict[str, Any], best: dict[str, Any]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+COUNTERS = {"Completed": "completed", "InProgress": "in progress", "RetryableError": "retrying",
+            "NonRetryableError": "failed", "Stopped": "stopped"}  # fmt: skip
+
+
 def show(job: dict[str, Any], summaries: list[dict[str, Any]]) -> None:
     counters = job.get("TrainingJobStatusCounters", {})
-    done = ", ".join(f"{v} {k.lower()}" for k, v in counters.items() if v)
+    done = ", ".join(f"{v} {COUNTERS.get(k, k)}" for k, v in counters.items() if v)
     print(
         f"{job['HyperParameterTuningJobName']}: {job['HyperParameterTuningJobStatus']}" + (f" ({done})" if done else "")
     )
