@@ -184,8 +184,9 @@ def test_own_image_runs_train_from_hyperparameters_json_stops_and_resumes(
     job = sent["TrainingJobName"]
     hps = sent["HyperParameters"]
     assert hps["model.revision"] == '"1234"' and "ContainerEntrypoint" not in sent["AlgorithmSpecification"]
-    # What SageMaker adds itself (automatic model tuning's objective, an SDK setting): the job ignores them.
-    added = {"_tuning_objective_metric": "finetuned:rougeL", "sagemaker_program": "train"}
+    # What SageMaker adds itself (an SDK setting): the job ignores it. A tuning trial's `_tuning_objective_metric`
+    # makes the run a trial (its own checkpoint folder, a validation objective): tests/test_tune.py.
+    added = {"sagemaker_program": "train"}
     opt_ml = lay_out_opt_ml(moto_server, sent, tmp_path / "opt_ml", added)
 
     cmd = container_command(engine, built, container_name, opt_ml, moto_server, sent)

@@ -333,21 +333,55 @@ def _summary(name: str, status: str, r: str, lr: str, value: float | None) -> di
     return summary
 
 
+def _described(request: dict[str, Any], status: str, counters: dict[str, int]) -> dict[str, Any]:
+    """DescribeHyperParameterTuningJob's answer for the tuning job of `request`."""
+    name = request["HyperParameterTuningJobName"]
+    return {
+        **{
+            k: request[k]
+            for k in ("HyperParameterTuningJobName", "HyperParameterTuningJobConfig", "TrainingJobDefinition")
+        },
+        "HyperParameterTuningJobArn": f"arn:aws:sagemaker:{REGION}:123456789012:hyper-parameter-tuning-job/{name}",
+        "HyperParameterTuningJobStatus": status,
+        "CreationTime": "2026-12-01T00:00:00Z",
+        "TrainingJobStatusCounters": counters,
+        "ObjectiveStatusCounters": {},
+    }
+
+
+def test_wait_follows_the_tuning_job_to_its_end(shown) -> None:
+    sent = service_model.with_placeholders_filled(shown)
+    name = sent["HyperParameterTuningJobName"]
+    sm = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(sm) as stub:
+        for status, counters in (("InProgress", {"InProgress": 2}),) * 2 + (("Completed", {"Completed": 2}),):
+            described = _described(sent, status, counters)
+            stub.add_response("describe_hyper_parameter_tuning_job", described, {"HyperParameterTuningJobName": name})
+            stub.add_response(
+                "list_tags", {"Tags": sent["Tags"]}, {"ResourceArn": described["HyperParameterTuningJobArn"]}
+            )
+        trials = [_summary(f"{name[:19]}-00{i}-aaaa111{i}", "Completed", "4", "0.002", 0.3 + i / 100) for i in (1, 2)]
+        stub.add_response(
+            "list_training_jobs_for_hyper_parameter_tuning_job",
+            {"TrainingJobSummaries": trials},
+            {"HyperParameterTuningJobName": name, "MaxResults": 100},
+        )
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert tune.watch(sm, name, poll_s=0) == 0
+        stub.assert_no_pending_responses()
+    lines = out.getvalue().splitlines()
+    assert lines[:3] == [f"{name}: InProgress (2 in progress)", f"{name}: Completed (2 completed)", lines[1]]
+    assert lines[4].startswith(trials[1]["TrainingJobName"]) and lines[-2].startswith(
+        f"best: {trials[1]['TrainingJobName']}"
+    )
+
+
 def test_status_and_fetch_show_every_trial_and_the_command_for_the_best(tuning, shown, tmp_path: Path) -> None:
     """SageMaker's side through Stubber (moto lacks ListTrainingJobsForHyperParameterTuningJob), S3 through moto."""
     sent = service_model.with_placeholders_filled(shown)  # the request as the submit test sends it
     name = sent["HyperParameterTuningJobName"]
-    described = {
-        **{
-            k: sent[k]
-            for k in ("HyperParameterTuningJobName", "HyperParameterTuningJobConfig", "TrainingJobDefinition")
-        },
-        "HyperParameterTuningJobArn": f"arn:aws:sagemaker:{REGION}:123456789012:hyper-parameter-tuning-job/{name}",
-        "HyperParameterTuningJobStatus": "Completed",
-        "CreationTime": "2026-12-01T00:00:00Z",
-        "TrainingJobStatusCounters": {"Completed": 2, "NonRetryableError": 1},
-        "ObjectiveStatusCounters": {"Succeeded": 2, "Failed": 1},
-    }
+    described = _described(sent, "Completed", {"Completed": 2, "NonRetryableError": 1})
     trials = [_summary(f"{name[:19]}-001-aaaa1111", "Completed", "8", "0.0012", 0.31),
               _summary(f"{name[:19]}-002-bbbb2222", "Completed", "4", "0.0031", 0.36),
               _summary(f"{name[:19]}-003-cccc3333", "Failed", "8", "0.0039", None)]  # fmt: skip

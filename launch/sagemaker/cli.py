@@ -51,6 +51,7 @@ EPILOG = """examples:
   python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot \\
       --role arn:aws:iam::123456789012:role/SageMakerTraining --hf-token-secret dialogsum-qlora/hf-token
   python -m launch sagemaker status JOB | logs JOB | fetch JOB --to ./runs | stop JOB
+  python -m launch sagemaker tune --help      (hyperparameter search on validation ROUGE: docs/tuning.md)
 
 Anything after the options is a config override (key.sub=value), as for `python -m job train`.
 One-time AWS setup (role, bucket, secret, quota): docs/sagemaker.md."""

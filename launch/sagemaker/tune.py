@@ -89,11 +89,10 @@ class Range:
 def _field_type(key: str) -> Any:
     """The annotated type of a dotted config key, or None for a key the config does not have."""
     section, _, name = key.partition(".")
-    hints = typing.get_type_hints(config_mod.Config)
-    tp = hints.get(section)
-    if not name or tp is None or not dataclasses.is_dataclass(tp):
+    tp = typing.get_type_hints(config_mod.Config).get(section)
+    if tp is None or dataclasses.is_dataclass(tp) != bool(name):  # `method`, or a key of a section
         return None
-    return typing.get_type_hints(tp).get(name)
+    return typing.get_type_hints(tp).get(name) if name else tp
 
 
 def parse_param(text: str) -> tuple[Range | None, str | None]:
@@ -287,6 +286,9 @@ def tune_parser() -> argparse.ArgumentParser:
     )
     p.epilog = EPILOG
     p.set_defaults(wait=False, image=None)
+    for action in p._actions:
+        if action.dest == "wait":
+            action.help = "follow the tuning job to its end and print its trials (default: --no-wait)"
     p.add_argument("--param", action="append", default=[], metavar="KEY=A,B|KEY=LO:HI[:log]", help="a tuned config key")
     p.add_argument(
         "--objective", default="validation:rougeL", help="SPLIT:METRIC to maximize (default validation:rougeL)"
@@ -486,7 +488,7 @@ def submit(search: Search, region: str) -> int:
     print(f"submitted {name}")
     _note(f"console: https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/hyper-tuning-jobs/{name}")
     _note(f"follow: python -m launch sagemaker tune status {name} --region {region}")
-    return 0
+    return watch(boto.client("sagemaker"), name) if args.wait else 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -585,12 +587,33 @@ COUNTERS = {"Completed": "completed", "InProgress": "in progress", "RetryableErr
             "NonRetryableError": "failed", "Stopped": "stopped"}  # fmt: skip
 
 
-def show(job: dict[str, Any], summaries: list[dict[str, Any]]) -> None:
+def status_line(job: dict[str, Any]) -> str:
     counters = job.get("TrainingJobStatusCounters", {})
     done = ", ".join(f"{v} {COUNTERS.get(k, k)}" for k, v in counters.items() if v)
-    print(
-        f"{job['HyperParameterTuningJobName']}: {job['HyperParameterTuningJobStatus']}" + (f" ({done})" if done else "")
+    return f"{job['HyperParameterTuningJobName']}: {job['HyperParameterTuningJobStatus']}" + (
+        f" ({done})" if done else ""
     )
+
+
+def watch(sm: Any, name: str, poll_s: float = 60.0) -> int:
+    """Print the tuning job's state as its trials end, then every trial; exit 0 once it completed."""
+    import time
+
+    last = None
+    while True:
+        job = describe(sm, name)
+        if (line := status_line(job)) != last:
+            print(line, flush=True)
+            last = line
+        if job["HyperParameterTuningJobStatus"] in follow_mod.TERMINAL:
+            break
+        time.sleep(poll_s)
+    show(job, trial_summaries(sm, name))
+    return 0 if job["HyperParameterTuningJobStatus"] == "Completed" else 1
+
+
+def show(job: dict[str, Any], summaries: list[dict[str, Any]]) -> None:
+    print(status_line(job))
     if job.get("FailureReason"):
         print(f"  reason: {job['FailureReason']}")
     print(tables.text(trial_rows(job, summaries)))
