@@ -52,6 +52,14 @@ GPUS: dict[str, Gpu] = {
 }
 
 
+CPU = Gpu("CPU", 0, 0.0, False, 20, 3.0)
+"""What the estimates take for a CPU instance's 2 vCPUs, in the GPUs' terms (the 3B reference in 4-bit: bitsandbytes
+runs NF4 on the CPU). No GPU memory: only configs with train.require_gpu=false run there. Estimate (ESTIMATES_AS_OF),
+set low on purpose: a tiny model trained ~28k tokens/s on 2 cores of a build machine."""
+PROCESSORS: dict[str, Gpu] = {**GPUS, CPU.name: CPU}
+"""Every spec an instance's `gpu` names: the GPUs, and "CPU" for instances without one."""
+
+
 @dataclass(frozen=True)
 class Instance:
     name: str
@@ -63,7 +71,7 @@ class Instance:
 
     @property
     def gpu_spec(self) -> Gpu:
-        return GPUS[self.gpu]
+        return PROCESSORS[self.gpu]
 
     @property
     def bf16(self) -> bool:
@@ -136,6 +144,11 @@ INSTANCES: dict[str, Instance] = {
         + _family("p5", "H100", [("48xlarge", 8, 192, 2048)])
     )
 }
+
+
+CPU_INSTANCES: dict[str, Instance] = {i.name: i for i in (Instance("ml.m5.large", CPU.name, 0, 2, 8),)}
+"""CPU instances: the cents-cheap test job (`--config test --instance ml.m5.large`) that checks an account end to
+end before a GPU run; configs with train.require_gpu=true are refused on them."""
 
 
 @cache

@@ -312,6 +312,10 @@ class OutputConfig:
     local_dir: str | None = None
     """Where the complete run folder is written before an `s3://` or `hf://` upload. None: SageMaker's model
     folder on SageMaker, /kaggle/working/runs on Kaggle, ./runs elsewhere."""
+    tensorboard_dir: str | None = None
+    """Write the TensorBoard event files here while training, and copy them into the run's `tensorboard/` at the end.
+    None: straight into the run's `tensorboard/`. On SageMaker the launcher sets it to the TensorBoardOutputConfig's
+    LocalPath, which SageMaker syncs to S3 while the job runs."""
     merge: bool = False
     """Also save the base model with the adapter merged in, in 16-bit safetensors (`merged/`), and publish it."""
     private: bool = True
@@ -402,7 +406,7 @@ class Config:
     def hash(self) -> str:
         """8 hex digits identifying the resolved config, ignoring where the run is written."""
         d = self.to_dict()
-        d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "run_name")}
+        d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "run_name", "tensorboard_dir")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     @property

@@ -506,7 +506,8 @@ def train(
         cfg, hw, checkpoint_dir, steps, mode, validating=eval_ds is not None, encoder_decoder=enc_dec, fsdp=fsdp
     )
     main = runtime.is_main_process()
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard")) if main else None
+    events = Path(cfg.output.tensorboard_dir) if cfg.output.tensorboard_dir else run_dir / "tensorboard"
+    writer = SummaryWriter(log_dir=str(events)) if main else None
     sigterm = StopOnSigterm()
     callbacks = [MetricsLines(), MarkComplete(cfg), sigterm] + ([TensorBoardCallback(tb_writer=writer)] if main else [])
     columns = ["input_ids", "labels"]
@@ -540,6 +541,8 @@ def train(
     finally:
         if writer is not None:
             writer.close()
+            if events != run_dir / "tensorboard":  # synced elsewhere while training; the run folder keeps a copy
+                shutil.copytree(events, run_dir / "tensorboard", dirs_exist_ok=True)
     seconds = time.perf_counter() - start
     if sigterm.requested or (sigterm.signalled and not distributed.enabled()):
         raise Interrupted(

@@ -15,10 +15,12 @@ from typing import Any
 
 from job import memory
 from job.catalog import (  # noqa: F401 - the tables, read here by the launchers
+    CPU_INSTANCES,
     ESTIMATES_AS_OF,
     GPUS,
     INSTANCES,
     PRICES_FILE,
+    PROCESSORS,
     REFERENCE_PARAMS,
     Gpu,
     Instance,
@@ -33,15 +35,16 @@ class UnknownInstance(ValueError):
 
 def instance(name: str) -> Instance:
     """The catalog entry for an instance type; raises UnknownInstance naming the GPU types we support."""
-    if name in INSTANCES:
-        return INSTANCES[name]
+    if name in INSTANCES or name in CPU_INSTANCES:
+        return INSTANCES.get(name) or CPU_INSTANCES[name]
     singles = ", ".join(n for n, i in INSTANCES.items() if i.gpu_count == 1 and n.endswith(".xlarge"))
     if not name.startswith("ml."):
         hint = f" (SageMaker names start with ml.: ml.{name}?)" if f"ml.{name}" in INSTANCES else ""
         raise UnknownInstance(f"instance type {name!r} is not a SageMaker type{hint}; GPU types: {singles}, ...")
     raise UnknownInstance(
         f"{name} is not a GPU instance type this job supports; use one of {singles} "
-        f"(or larger sizes of g4dn, g5, g6, g6e, or ml.p4d.24xlarge, ml.p5.48xlarge)"
+        f"(or larger sizes of g4dn, g5, g6, g6e, or ml.p4d.24xlarge, ml.p5.48xlarge); {', '.join(CPU_INSTANCES)} "
+        "(no GPU) takes configs with train.require_gpu=false, such as the test job (--config test)"
     )
 
 
@@ -103,7 +106,7 @@ def _speedup(cfg: Config) -> float:
 
 def estimate_hours(cfg: Config, gpu: str, count: int = 1) -> dict[str, Any]:
     """Expected hours of training, validation-loss passes and ROUGE generation for cfg on `count` GPUs."""
-    spec = GPUS[gpu]
+    spec = PROCESSORS[gpu]
     figures, known = dataset_figures(cfg.data.dataset)
     rows = min(figures["train"], cfg.data.max_train_examples or figures["train"])
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * count
@@ -165,7 +168,7 @@ def estimate_cost(
     dates. `all_gpus`: the job runs under torchrun on every GPU of every instance; else in one process on one GPU.
     """
     inst = instance(instance_type)
-    work = estimate_hours(cfg, inst.gpu, inst.gpu_count * instance_count if all_gpus else 1)
+    work = estimate_hours(cfg, inst.gpu, max(1, inst.gpu_count) * instance_count if all_gpus else 1)
     hours = work["hours"] + STARTUP_HOURS
     table = prices()
     price = table["on_demand"].get(instance_type)

@@ -17,6 +17,7 @@ from job import config as config_mod
 from job import memory
 from launch import catalog, service_model
 from launch.errors import LaunchError
+from launch.sagemaker import account, budget
 from launch.sagemaker import request as req
 
 DEFAULT_PREFIX = "dialogsum-qlora"
@@ -25,8 +26,6 @@ ECR_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^
 DEFAULT_SECRET_ID = "dialogsum-qlora/hf-token"
 GATED_PREFIXES = ("meta-llama/", "mistralai/", "google/gemma")
 DEFAULT_VOLUME_GB = 100
-NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
-"""Instance families whose NVMe instance storage SageMaker uses instead of an EBS volume of --volume-size."""
 
 # What the dry run shows where only AWS can answer, and the valid value of the same form it is checked as.
 ROLE_PLACEHOLDER = "<execution role: the SDK's default resolution (pass --role to choose)>"
@@ -42,9 +41,12 @@ FIELD_FIXES = {
     "HyperParameters": "the config values travel as hyperparameters: shorten or change that one",
     "Tags": f"fix --tags (a tag holds letters, digits, spaces and {' '.join('_.:/=+-@')} only)",
     "Environment": "fix --hf-token-secret",
-    "ResourceConfig": "fix --instance, --instance-count or --volume-size",
+    "ResourceConfig": "fix --instance, --instance-count, --volume-size or --volume-kms-key",
     "StoppingCondition": "fix --max-run or --max-wait",
-    "OutputDataConfig": "fix --output",
+    "OutputDataConfig": "fix --output or --kms-key",
+    "VpcConfig": "fix --subnets or --security-groups",
+    "RetryStrategy": "fix --retries",
+    "TensorBoardOutputConfig": "fix --output",
     "CheckpointConfig": "fix --output or --name",
     "InputDataConfig": "fix --output or the data set / model path",
     "AlgorithmSpecification": "fix --image",
@@ -86,6 +88,8 @@ def _option_problems(args: argparse.Namespace) -> list[str]:
             f"--instance-count {args.instance_count}: several instances train under torchrun, which only the `dlc` "
             "image is started with; use --image dlc or one instance"
         )
+    if args.budget is not None and args.budget <= 0:
+        problems.append(f"--budget {args.budget:g}: give the most the job may cost, in USD (e.g. --budget 5)")
     if not 0 < args.max_run <= MAX_RUN_LIMIT_H:
         problems.append(f"--max-run {args.max_run:g}: must be between 0 and {MAX_RUN_LIMIT_H} hours")
     if args.max_wait is not None and not args.spot:
@@ -113,6 +117,13 @@ def _gpu_checks(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[
     except catalog.UnknownInstance as e:
         return [str(e)], []
     problems, warnings = [], []
+    if inst.gpu_count == 0:
+        if cfg.train.require_gpu:
+            problems.append(
+                f"--instance {inst.name} has no GPU and the config sets train.require_gpu=true; use a GPU instance "
+                f"(ml.g5.xlarge, ...), or {inst.name} with a config that trains on the CPU (--config test)"
+            )
+        return problems, warnings
     gpu = inst.gpu_spec
     if cfg.model.compute_dtype == "bfloat16" and not gpu.bf16:
         problems.append(f"model.compute_dtype=bfloat16: the {gpu.name} has no bf16; use auto or float16")
@@ -121,7 +132,7 @@ def _gpu_checks(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[
         problems.append(f"{fit} (or pass --ignore-memory-check)")
     elif fit:
         warnings.append(fit)
-    if args.volume_size is not None and inst.name.split(".")[1] in NVME_FAMILIES:
+    if args.volume_size is not None and account.has_nvme(inst.name):
         warnings.append(
             f"--volume-size {args.volume_size}: ignored on {inst.name}, whose NVMe instance storage (of a fixed size) "
             "holds /opt/ml; SageMaker provisions no EBS volume for it"
@@ -154,11 +165,38 @@ def _config_notes(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[lis
     return problems, warnings
 
 
+def fill_defaults(args: argparse.Namespace, cfg: config_mod.Config) -> None:
+    """--max-run follows the estimate (budget.default_max_run) when not given."""
+    if args.max_run is None:
+        all_gpus = args.image == "dlc"
+        args.max_run = budget.default_max_run(cfg, args.instance, args.instance_count, all_gpus)
+        args.max_run_defaulted = True
+
+
+def _stopping(args: argparse.Namespace) -> tuple[int, int | None]:
+    """(MaxRuntimeInSeconds, MaxWaitTimeInSeconds or None) from --max-run and --max-wait."""
+    max_run = _hours(args.max_run)
+    max_wait = (_hours(args.max_wait) if args.max_wait else 2 * max_run) if args.spot else None
+    return max_run, min(max_wait, _hours(MAX_RUN_LIMIT_H)) if max_wait else None
+
+
+def _budget_problems(args: argparse.Namespace) -> list[str]:
+    if args.budget is None or args.budget <= 0 or not 0 < args.max_run <= MAX_RUN_LIMIT_H:
+        return []  # a bad --budget or --max-run is reported by itself
+    worst = budget.worst_case(args.instance, args.instance_count, *_stopping(args))
+    problem = budget.budget_problem(worst, args.budget)
+    return [problem] if problem else []
+
+
 def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
     """(problems, warnings) found without AWS: every problem is reported at once."""
     gpu_problems, gpu_warnings = _gpu_checks(args, cfg)
     config_problems, config_warnings = _config_notes(args, cfg)
-    return gpu_problems + _option_problems(args) + config_problems, gpu_warnings + config_warnings
+    account_problems = account.problems(account.from_args(args), cfg, args.instance, args.image, uses_secret(args))
+    problems = gpu_problems + _option_problems(args) + config_problems + account_problems
+    if not gpu_problems:  # an unknown instance has no price
+        problems += _budget_problems(args)
+    return problems, gpu_warnings + config_warnings + account.notes(account.from_args(args), args.instance)
 
 
 def region_of(args: argparse.Namespace, dry_run: bool) -> str:
@@ -174,11 +212,13 @@ def region_of(args: argparse.Namespace, dry_run: bool) -> str:
     raise LaunchError("no AWS region: pass --region (e.g. --region us-east-1) or set AWS_DEFAULT_REGION")
 
 
-def job_config(cfg: config_mod.Config, output: str) -> config_mod.Config:
-    """The config the job runs with: publishes to <output>/runs unless the user chose s3:// or hf:// already."""
+def job_config(cfg: config_mod.Config, output: str, acct: account.Account) -> config_mod.Config:
+    """The config the job runs with: publishes to <output>/runs unless the user chose s3:// or hf:// already, or
+    the job has no network (its run folder then comes back as SageMaker's model output)."""
     import dataclasses
 
-    if cfg.output.uri.startswith(("s3://", "hf://")):
+    cfg = account.job_config(acct, cfg)
+    if cfg.output.uri.startswith(("s3://", "hf://")) or acct.network_isolation:
         return cfg
     return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=f"{output}/runs"))
 
@@ -245,9 +285,10 @@ def make_plan(
     args: argparse.Namespace, cfg: config_mod.Config, region: str, output: str, role: str, secret: str | None
 ) -> req.Plan:
     """`secret`: the Hugging Face token secret's ARN, which the job reads in the secret's own region."""
-    cfg, channels = req.channels_for(job_config(cfg, output), output)
-    max_run = _hours(args.max_run)
-    max_wait = (_hours(args.max_wait) if args.max_wait else 2 * max_run) if args.spot else None
+    acct = account.from_args(args)
+    cfg, channels = req.channels_for(job_config(cfg, output, acct), output)
+    max_run, max_wait = _stopping(args)
+    inst = catalog.instance(args.instance)
     tags = req.tags_for(cfg, args.config) | _parse_tags(args.tags)[0]
     return req.Plan(
         cfg=cfg,
@@ -257,17 +298,18 @@ def make_plan(
         instance_count=args.instance_count,
         image=req.default_image(region, args.instance) if args.image == "dlc" else args.image,
         own_image=args.image != "dlc",
-        processes_per_node=catalog.instance(args.instance).gpu_count if args.image == "dlc" else 1,
+        processes_per_node=max(1, inst.gpu_count) if args.image == "dlc" else 1,
         output=output.rstrip("/"),
         role=role,
         base_job_name=req.base_job_name(args.name, cfg),
         spot=args.spot,
         max_run_s=max_run,
-        max_wait_s=min(max_wait, _hours(MAX_RUN_LIMIT_H)) if max_wait else None,
+        max_wait_s=max_wait,
         volume_gb=DEFAULT_VOLUME_GB if args.volume_size is None else args.volume_size,
-        environment={req.SECRET_ENV: secret} if secret else {},
+        environment=({req.SECRET_ENV: secret} if secret else {}) | account.environment(acct),
         channels=channels,
         tags=tags,
+        account=acct,
     )
 
 

@@ -28,6 +28,7 @@ from job import tables
 from launch import catalog, datareport, service_model
 from launch import cli as launch_cli
 from launch.errors import BadInput, Interrupted, LaunchError
+from launch.sagemaker import account, budget
 from launch.sagemaker import follow as follow_mod
 from launch.sagemaker import request as req
 from launch.sagemaker.checks import (
@@ -35,6 +36,7 @@ from launch.sagemaker.checks import (
     DEFAULT_VOLUME_GB,
     check,
     checked_preview,
+    fill_defaults,
     make_plan,
     refuse_secrets,
     region_of,
@@ -75,7 +77,14 @@ def submit_parser() -> argparse.ArgumentParser:
         "--spot", action="store_true", help="managed spot training (checkpoints per run; resumes after interruption)"
     )
     p.add_argument(
-        "--max-run", type=float, default=24.0, metavar="HOURS", help="stop the job after this long (default 24)"
+        "--max-run",
+        type=float,
+        metavar="HOURS",
+        help=f"stop the job after this long (default {budget.MAX_RUN_FACTOR:g} x the estimate, at least "
+        f"{budget.MIN_MAX_RUN_H:g} h)",
+    )
+    p.add_argument(
+        "--budget", type=float, metavar="USD", help="refuse to launch when the worst case (see --dry-run) costs more"
     )
     p.add_argument(
         "--max-wait",
@@ -107,6 +116,7 @@ def submit_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait", action=argparse.BooleanOptionalAction, default=True, help="follow the job to its end (default)"
     )
+    account.add_options(p)
     return p
 
 
@@ -169,6 +179,19 @@ def cost_lines(plan: req.Plan) -> list[str]:
     return lines
 
 
+def guard_lines(plan: req.Plan, args: argparse.Namespace) -> list[str]:
+    """The limits SageMaker stops the job at, what that costs at most, and the --budget it is held to."""
+    worst = budget.worst_case(plan.instance_type, plan.instance_count, plan.max_run_s, plan.max_wait_s)
+    lines = []
+    if getattr(args, "max_run_defaulted", False):
+        lines.append(
+            f"--max-run {args.max_run:g} h: {budget.MAX_RUN_FACTOR:g} x the estimate (at least "
+            f"{budget.MIN_MAX_RUN_H:g} h); pass --max-run to choose"
+        )
+    within = f"; within --budget ${args.budget:g}" if args.budget is not None else " (--budget USD refuses more)"
+    return lines + [worst.line() + within]
+
+
 def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -196,9 +219,9 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             f"torchrun: {plan.processes_per_node} process(es) per instance x {plan.instance_count} instance(s) "
             f"(SageMaker's torchrun driver starts {req.ENTRY_SCRIPT})"
         )
-    for line in cost_lines(plan):
+    for line in cost_lines(plan) + guard_lines(plan, args):
         _note(line)
-    _note(f"run folder: {plan.cfg.output.uri}/{job_name}/")
+    _note(f"run folder: {follow_mod.run_folder_uri(_job_stub(plan, job_name))}")
     for line in datareport.report_lines(cfg):
         _note(line)
     if args.create_secret:
@@ -469,6 +492,7 @@ def run(argv: list[str]) -> int:
             return tune.run(argv[1:])
         args, extra = submit_parser().parse_known_args(argv)
         cfg = resolve_launch_config(args, extra)
+        fill_defaults(args, cfg)
         problems, warnings = check(args, cfg)
         if problems:
             raise BadInput(*problems)

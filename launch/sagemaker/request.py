@@ -25,8 +25,9 @@ from typing import Any
 import job
 from job import config as config_mod
 from job.config import Config
-from launch import service_model
+from launch import catalog, service_model
 from launch.errors import LaunchError
+from launch.sagemaker import account
 
 PROJECT = "dialogsum-qlora"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -233,6 +234,8 @@ class Plan:
     environment: dict[str, str] = field(default_factory=dict)
     channels: list[Channel] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    account: account.Account = field(default_factory=account.Account)
+    """The company-account options: VPC, network isolation, KMS keys, retries, TensorBoard."""
 
     @property
     def distributed(self) -> bool:
@@ -262,9 +265,15 @@ def base_job_name(name: str | None, cfg: Config) -> str:
     return re.sub(r"[^a-zA-Z0-9-]+", "-", base).strip("-")[:48]
 
 
+DLC_LOOKUP_INSTANCE = "ml.g5.xlarge"
+"""The DLC has no CPU build of transformers 5.x: a CPU instance runs the GPU build, whose torch runs on the CPU."""
+
+
 def default_image(region: str, instance_type: str) -> str:
     from sagemaker.core import image_uris
 
+    if catalog.instance(instance_type).gpu_count == 0:
+        instance_type = DLC_LOOKUP_INSTANCE
     return image_uris.retrieve("huggingface", region=region, instance_type=instance_type, image_scope="training", **DLC)
 
 
@@ -327,6 +336,11 @@ def preview_request(plan: Plan, job_name: str) -> dict[str, Any]:
         request["CheckpointConfig"] = {"S3Uri": f"{staging}/checkpoints", "LocalPath": CHECKPOINT_DIR}
     if plan.environment:
         request["Environment"] = dict(plan.environment)
+    if kms := account.output_kms(plan.account):
+        request["OutputDataConfig"]["KmsKeyId"] = kms
+    if volume_kms := account.volume_kms(plan.account, plan.instance_type):
+        request["ResourceConfig"]["VolumeKmsKeyId"] = volume_kms
+    request.update(account.training_fields(plan.account, plan.instance_type, plan.instance_count, plan.output))
     return request
 
 
@@ -353,10 +367,13 @@ def model_trainer(plan: Plan, session: Any, source_dir: Path | None):
         Compute,
         InputData,
         MetricDefinition,
+        Networking,
         OutputDataConfig,
+        RetryStrategy,
         SourceCode,
         StoppingCondition,
         Tag,
+        TensorBoardOutputConfig,
     )
     from sagemaker.train import ModelTrainer
     from sagemaker.train.distributed import Torchrun
@@ -370,6 +387,17 @@ def model_trainer(plan: Plan, session: Any, source_dir: Path | None):
         source = SourceCode(source_dir=str(source_dir), requirements=REQUIREMENTS_FILE, command=COMMAND)
     if source is not None:
         wrap_driver(session.boto_session)
+    acct = plan.account
+    fields = account.training_fields(acct, plan.instance_type, plan.instance_count, plan.output)
+    vpc = fields.get("VpcConfig", {})
+    networking = None
+    if fields.keys() & {"VpcConfig", "EnableNetworkIsolation", "EnableInterContainerTrafficEncryption"}:
+        networking = Networking(
+            subnets=vpc.get("Subnets"),
+            security_group_ids=vpc.get("SecurityGroupIds"),
+            enable_network_isolation=fields.get("EnableNetworkIsolation"),
+            enable_inter_container_traffic_encryption=fields.get("EnableInterContainerTrafficEncryption"),
+        )
     trainer = ModelTrainer(
         distributed=distributed,
         sagemaker_session=session,
@@ -381,20 +409,30 @@ def model_trainer(plan: Plan, session: Any, source_dir: Path | None):
             instance_type=plan.instance_type,
             instance_count=plan.instance_count,
             volume_size_in_gb=plan.volume_gb,
+            volume_kms_key_id=account.volume_kms(acct, plan.instance_type),
             enable_managed_spot_training=plan.spot,
         ),
+        networking=networking,
         stopping_condition=StoppingCondition(
             max_runtime_in_seconds=plan.max_run_s, max_wait_time_in_seconds=plan.max_wait_s
         ),
         # No S3 URI: the SDK makes one per job under the session's bucket and prefix, so a restarted spot job
         # resumes from its own checkpoints and never from another run's.
         checkpoint_config=CheckpointConfig(s3_uri=None, local_path=CHECKPOINT_DIR) if plan.spot else None,
-        output_data_config=OutputDataConfig(s3_output_path=plan.jobs_uri, compression_type="NONE"),
+        output_data_config=OutputDataConfig(
+            s3_output_path=plan.jobs_uri, compression_type="NONE", kms_key_id=account.output_kms(acct)
+        ),
         input_data_config=[InputData(channel_name=ch.name, data_source=ch.s3_uri) for ch in plan.channels] or None,
         environment=dict(plan.environment),
         hyperparameters=plan.hyperparameters or None,
         tags=[Tag(key=k, value=v) for k, v in plan.tags.items()],
     )
+    if "RetryStrategy" in fields:
+        trainer.with_retry_strategy(RetryStrategy(maximum_retry_attempts=acct.retries))
+    if tensorboard := fields.get("TensorBoardOutputConfig"):
+        trainer.with_tensorboard_output_config(
+            TensorBoardOutputConfig(s3_output_path=tensorboard["S3OutputPath"], local_path=tensorboard["LocalPath"])
+        )
     return trainer.with_metric_definitions(
         [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions()]
     )

@@ -667,6 +667,7 @@ def run(argv: list[str]) -> int:
     cfg = sm_cli.resolve_launch_config(args, extra)
     search, problems = _search_problems(args, cfg)
     if search is not None:
+        checks.fill_defaults(args, search.cfg)
         more, warnings = checks.check(args, search.cfg)
         problems += more
         for warning in warnings:
