@@ -664,6 +664,7 @@ def run(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS:
         return run_command(argv)
     args, extra = tune_parser().parse_known_args(argv)
+    args.tensorboard = False  # a tuning job's trial definition has no TensorBoardOutputConfig to sync the logs
     cfg = sm_cli.resolve_launch_config(args, extra)
     search, problems = _search_problems(args, cfg)
     if search is not None:
