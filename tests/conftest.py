@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.container_fixtures"]  # the engine, the built image and their helpers, shared once
@@ -64,10 +67,40 @@ class FinishedRun:
     stderr: str
 
 
+def once_per_test_run(tmp_path_factory, name: str, make: Callable[[Path], dict]) -> dict:
+    """`make(folder)` once for the whole test run, also when pytest-xdist spreads the files over several workers: the
+    first worker to get here makes it under a lock in the run's shared temporary folder, the others wait and read
+    what it returned (JSON). A failure is kept too, so every worker fails with the same message instead of
+    retrying."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's basetemp is a sibling folder of the others'
+    result = root / f"{name}.json"
+    with FileLock(str(result) + ".lock"):
+        if not result.is_file():
+            folder = root / name
+            folder.mkdir(exist_ok=True)
+            try:
+                value = {"ok": make(folder)}
+            except BaseException as e:  # recorded for the other workers, then raised here
+                result.write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+                raise
+            result.write_text(json.dumps(value))
+        value = json.loads(result.read_text())
+    if "error" in value:
+        pytest.fail(f"{name} could not be made (in another worker): {value['error'][-4000:]}")
+    return value["ok"]
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> FinishedRun:
-    """A complete run folder from `python -m job train --config test`, shared by every test that reads one."""
-    parent = tmp_path_factory.mktemp("runs")
-    proc = run_job("train", "--config", "test", f"output.uri={parent}", "output.run_name=shared")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return FinishedRun(dir=parent / "shared", stdout=proc.stdout, stderr=proc.stderr)
+    """A complete run folder from `python -m job train --config test`, made once and shared by every test that reads
+    one (in every xdist worker). Tests read it and never write into it."""
+
+    def train(parent: Path) -> dict:
+        proc = run_job("train", "--config", "test", f"output.uri={parent}", "output.run_name=shared")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return {"dir": str(parent / "shared"), "stdout": proc.stdout, "stderr": proc.stderr}
+
+    made = once_per_test_run(tmp_path_factory, "trained_run", train)
+    return FinishedRun(dir=Path(made["dir"]), stdout=made["stdout"], stderr=made["stderr"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from launch import image
-from tests.conftest import SCORE_KEYS
+from tests.conftest import SCORE_KEYS, once_per_test_run
 
 ROOT = image.PROJECT_ROOT
 PLANTED = "hf_PlantedContainerSecret7f3a9c2e41"
@@ -77,11 +77,15 @@ def context(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built(engine, context) -> str:
-    """The image, built once per session through `python -m launch image build`, with the token in the
-    build's environment."""
+def built(engine, context, tmp_path_factory) -> str:
+    """The image, built once per test run (once for all xdist workers) through `python -m launch image build`, with
+    the token in the build's environment."""
     if os.environ.get("CONTAINER_IMAGE"):
         return os.environ["CONTAINER_IMAGE"]
+    return once_per_test_run(tmp_path_factory, "image", lambda _: build_image(engine, context))["tag"]
+
+
+def build_image(engine: str, context: Path) -> dict:
     wheel = sorted(WHEELS.glob("torch-*.whl"))[-1]
     torch_version = wheel.name.split("-")[1].split("+")[0]
     cmd = [sys.executable, "-m", "launch", "image", "build", "--engine", engine, "--tag", TAG]
@@ -96,7 +100,7 @@ def built(engine, context) -> str:
     done = run(cmd + ["--"] + extra, timeout=1200, env={**os.environ, "HF_TOKEN": PLANTED}, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.strip().splitlines()[-1] == TAG
-    return TAG
+    return {"tag": TAG}
 
 
 def opt_ml_tree(root: Path, hyperparameters: dict) -> Path:

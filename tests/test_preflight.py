@@ -151,6 +151,7 @@ def moto_with_iam() -> Iterator[S3Server]:
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
+    requests.post(f"{url}/moto-api/reset")  # moto's backends are per process: forget what an earlier file's server made
     iam = boto3.client(
         "iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
     )
