@@ -462,3 +462,27 @@ def test_mini_batches_are_sized_to_answer_well_inside_the_invocation_timeout() -
     assert slow < tf.MAX_PAYLOAD_MB
     assert tf.minibatch_seconds(llama, "ml.g4dn.xlarge", slow) <= tf.INVOCATION_TIMEOUT_S / 2
     assert tf.minibatch_seconds(llama, "ml.g4dn.xlarge", slow + 1) > tf.INVOCATION_TIMEOUT_S / 2
+
+
+def test_the_sdks_serving_role_check_stays_on(aws, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The SDK validates the execution role for serving (`resolve_and_validate_role(role_type="serving")`), IAM's
+    policy simulator answered from the role's policies as moto stores them (tests/test_sagemaker_checks.py): the
+    training role docs/sagemaker.md documents serves too; one without ECR access is refused in one line."""
+    from tests.test_sagemaker_checks import TRUST, _simulator, documented_policy
+
+    monkeypatch.delenv("SAGEMAKER_VALIDATE_ROLE")
+    monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS", [*botocore.handlers.BUILTIN_HANDLERS, *_simulator([])])
+    iam = aws["session"].client("iam")
+    for name, policy in (("Documented", documented_policy()), ("NoEcr", {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]})):  # fmt: skip
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST))
+        iam.put_role_policy(RoleName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+    argv = ["deploy", RUN_URI, "--instance", INSTANCE, "--region", REGION, "--check", "0"]
+    assert sm_cli.main([*argv, "--role", "NoEcr", "--name", "refused"]) == 1
+    err = capsys.readouterr().err
+    assert "error: --role NoEcr: IAM role" in err and "'serving' workloads" in err
+    assert "Missing permissions: ecr:GetAuthorizationToken; add them to the role's policy" in err
+    assert _sent(aws, "CreateModel") == []
+    assert sm_cli.main([*argv, "--role", "Documented", "--name", "served"]) == 0
+    (model,) = _sent(aws, "CreateModel")
+    assert model["ExecutionRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/Documented"
