@@ -195,7 +195,8 @@ def test_endpoints_lists_the_hourly_cost_and_delete_removes_all_three(aws, capsy
     again = sm_cli.main([*DEPLOY, "--region", REGION, "--check", "0", "--name", "tiny-1"])
     assert (
         again == 1
-        and "tiny-1: the endpoint, endpoint config, model of that name exist already" in capsys.readouterr().err
+        and "tiny-1: the endpoint, endpoint config and model of that name exist already; delete them first"
+        in capsys.readouterr().err
     )
 
     assert sm_cli.main(["delete", "tiny-1", "--region", REGION]) == 0
@@ -486,3 +487,36 @@ def test_the_sdks_serving_role_check_stays_on(aws, monkeypatch: pytest.MonkeyPat
     assert sm_cli.main([*argv, "--role", "Documented", "--name", "served"]) == 0
     (model,) = _sent(aws, "CreateModel")
     assert model["ExecutionRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/Documented"
+
+
+def documented_cases() -> list[tuple[list[str], int, list[str]]]:
+    """(argv, exit code, error lines) of each command in docs/bad-inputs.md's serving section."""
+    text = (REPO / "docs" / "bad-inputs.md").read_text(encoding="utf-8")
+    block = text.split("## Serving on SageMaker", 1)[1].split("```", 2)[1]
+    cases: list[tuple[list[str], int, list[str]]] = []
+    for line in block.strip().splitlines():
+        if line.startswith("$ python -m launch sagemaker "):
+            command, code = line.removeprefix("$ python -m launch sagemaker ").rsplit("   # exit ", 1)
+            cases.append((command.split(), int(code), []))
+        else:
+            cases[-1][2].append(line)
+    return cases
+
+
+def test_the_docs_list_every_serving_message_word_for_word(aws, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Each command of docs/bad-inputs.md's serving section, run as written: its exit code and exactly its lines."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "dialogues.jsonl").write_text('{"dialogue": "#Person1#: Hi."}\n')
+    aws["session"].client("s3").put_object(Bucket=BUCKET, Key="exp/runs/unfinished/config.yaml", Body=b"{}")
+    aws["session"].client("sagemaker").create_model(
+        ModelName="taken", ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": "x"}
+    )
+    aws["requests"].clear()
+    cases = documented_cases()
+    assert len(cases) >= 10
+    for argv, code, lines in cases:
+        rc = sm_cli.main([*argv, "--region", REGION])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+        assert (rc, err) == (code, lines), argv
+    assert [op for op, _ in aws["requests"]] == []  # nothing created

@@ -212,7 +212,9 @@ def timeouts(run: Run) -> dict[str, int]:
 
 
 def size_line(run: Run) -> str:
-    gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
+    def gb(size: int) -> str:
+        return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
     hub = hub_bytes(run)
     line = f"model: run folder {gb(run.bytes)} ({len(run.files)} files) as model data"
     if hub:

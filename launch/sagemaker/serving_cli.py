@@ -186,8 +186,10 @@ def deploy(args: argparse.Namespace) -> int:
     sm = boto.client("sagemaker")
     found = ep.taken(sm, name)
     if found:
+        what = found[0] if len(found) == 1 else f"{', '.join(found[:-1])} and {found[-1]}"
+        verb, it = ("exists", "it") if len(found) == 1 else ("exist", "them")
         raise LaunchError(
-            f"{name}: the {', '.join(found)} of that name exist already; delete them first "
+            f"{name}: the {what} of that name {verb} already; delete {it} first "
             f"(python -m launch sagemaker delete {name} --region {region}) or pass --name"
         )
     serving.guard(boto, ep.OPERATIONS)
