@@ -45,6 +45,7 @@ ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/SageMakerTraining"
 SECRET_ID = "dialogsum-qlora/hf-token"
 INSTANCE = "ml.g4dn.xlarge"  # moto 5.2's endpoint configs refuse the g5 family, which botocore's model has
 OPERATIONS = ["CreateModel", "CreateEndpointConfig", "CreateEndpoint", "CreateTransformJob", "DeleteModel"]
+"""Captured as botocore sends them; the transform job's and the endpoint's creation also run the test's hooks."""
 
 
 def _upload(s3: Any, folder: Path, uri: str) -> None:
@@ -99,6 +100,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trained_run):
     handlers += [
         ("provide-client-params.sagemaker-runtime.InvokeEndpoint", capture),
         ("after-call.sagemaker.CreateTransformJob", after),
+        ("after-call.sagemaker.CreateEndpoint", after),
     ]
     monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS", [*botocore.handlers.BUILTIN_HANDLERS, *handlers])
     with mock_aws():
@@ -290,6 +292,8 @@ def test_transform_runs_the_same_container_over_json_lines_and_fetches_line_for_
     s3.put_object(Bucket=BUCKET, Key="in/b.jsonl", Body=json.dumps({"id": "x", "dialogue": rows[0]["dialogue"]}) + "\n")
 
     def container(operation: str, params: dict[str, Any]) -> None:
+        if operation != "CreateTransformJob":
+            return
         out = params["TransformOutput"]["S3OutputPath"].removeprefix(f"s3://{BUCKET}/")
         for key in ("in/a.jsonl", "in/b.jsonl"):
             lines = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
@@ -520,3 +524,22 @@ def test_the_docs_list_every_serving_message_word_for_word(aws, tmp_path: Path, 
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
         assert (rc, err) == (code, lines), argv
     assert [op for op, _ in aws["requests"]] == []  # nothing created
+
+
+def test_an_endpoint_that_fails_to_start_says_why_and_how_to_delete_it(aws, capsys) -> None:
+    """moto's endpoints are InService at once: the failure is set on moto's own endpoint once it is created."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    def fail(operation: str, params: dict[str, Any]) -> None:
+        assert operation == "CreateEndpoint"
+        endpoint = sagemaker_backends[ACCOUNT][REGION].endpoints[params["EndpointName"]]
+        endpoint.endpoint_status, endpoint.failure_reason = "Failed", "The primary container did not pass the ping"
+
+    aws["after"].append(fail)
+    assert sm_cli.main([*DEPLOY, "--region", REGION, "--name", "broken"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: endpoint broken is Failed: The primary container did not pass the ping (its logs: CloudWatch "
+        "/aws/sagemaker/Endpoints/broken); delete it: python -m launch sagemaker delete broken" in err
+    )
+    assert _sent(aws, "InvokeEndpoint") == []

@@ -123,7 +123,7 @@ def invoke(runtime: Any, name: str, rows: list[dict[str, str]], **options: Any) 
             raise LaunchError(
                 f"endpoint {name} answered {status}: {_error_text(e.response.get('OriginalMessage') or error.get('Message', ''))}"
             ) from None
-        if error.get("Code") == "ValidationException" and "not found" in error.get("Message", ""):
+        if error.get("Code") in ("ValidationError", "ValidationException") and "not found" in error.get("Message", ""):
             raise LaunchError(
                 f"no endpoint named {name!r} in this region (`python -m launch sagemaker endpoints` lists them)"
             ) from None
