@@ -314,9 +314,15 @@ def test_transform_runs_the_same_container_over_json_lines_and_fetches_line_for_
 
     aws["after"].append(container)
     argv = ["transform", RUN_URI, "--input", f"s3://{BUCKET}/in/", "--instance", INSTANCE, "--role", ROLE_ARN]
-    assert sm_cli.main([*argv, "--region", REGION, "--to", str(tmp_path / "got"), "--name", "batch"]) == 0
+    argv += ["--region", REGION, "--name", "batch"]
+    assert sm_cli.main([*argv, "--dry-run"]) == 0
+    shown = capsys.readouterr().out.replace(service_model.ACCOUNT_PLACEHOLDER, ACCOUNT)
+    assert sm_cli.main([*argv, "--to", str(tmp_path / "got")]) == 0
     out = capsys.readouterr().out
     (job,) = _sent(aws, "CreateTransformJob")
+    stamp = job["TransformJobName"].removeprefix("batch-")
+    sent = {op: p for op, p in aws["requests"] if op in ("CreateModel", "CreateTransformJob")}
+    assert sent == json.loads(shown.replace(service_model.STAMP_PLACEHOLDER, stamp))  # the dry run is what is sent
     assert job["TransformInput"]["SplitType"] == "Line" and job["BatchStrategy"] == "MultiRecord"
     assert job["TransformInput"]["ContentType"] == job["TransformOutput"]["Accept"] == "application/jsonlines"
     assert job["TransformOutput"]["AssembleWith"] == "Line"
@@ -360,6 +366,16 @@ def test_bad_deploys_are_one_line_each_before_anything_is_created(aws, capsys) -
     assert sm_cli.main([*DEPLOY, "--region", REGION, "--image", other]) == 1
     assert "not in ECR; push our image first: python -m launch image push" in capsys.readouterr().err
     assert aws["requests"] == []
+
+
+def test_a_request_the_service_model_refuses_names_the_option_to_fix() -> None:
+    bad = {"CreateEndpoint": {"EndpointName": "a b", "EndpointConfigName": "c"}}
+    with pytest.raises(LaunchError) as raised:
+        serving.checked(bad)
+    assert raised.value.exit_code == 2
+    assert raised.value.lines == [
+        'CreateEndpoint EndpointName: "a b" does not match [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}; fix --name'
+    ]
 
 
 def test_a_token_in_a_request_is_never_sent(aws) -> None:

@@ -306,9 +306,7 @@ def model_request(name: str, run: Run, image: str, role: str, secret: str | None
 
 def request_problems(operation: str, request: dict[str, Any]) -> list[str]:
     """What the service model refuses in one request, each line naming the option to fix."""
-    found = service_model.problems("sagemaker", operation, request, PLACEHOLDERS)
-    fixes = [FIELD_FIXES.get(re.split(r"[ .\[]", line.split(" ", 1)[1], maxsplit=1)[0]) for line in found]
-    return [f"{line}; {fix}" if fix else line for line, fix in zip(found, fixes, strict=True)]
+    return service_model.problems_with_fixes("sagemaker", operation, request, FIELD_FIXES, PLACEHOLDERS)
 
 
 def checked(requests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

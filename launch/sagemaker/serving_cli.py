@@ -53,7 +53,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--image", metavar="ECR_URI", help="our image in ECR (default: dialogsum-qlora:<version> there)")
         s.add_argument("--role", help="execution role ARN or name (default: the SDK's resolution)")
         s.add_argument("--hf-token-secret", metavar="ID", help="Secrets Manager id or ARN of the Hugging Face token")
-        s.add_argument("--name", help="name of the endpoint (transform: the job); default: the run's name")
+        s.add_argument(
+            "--name", help="the endpoint's name (transform: the job's, before its timestamp); default: the run's name"
+        )
         s.add_argument("--dry-run", action="store_true", help="print the requests and the hourly cost; create nothing")
         s.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="wait for the end (default)")
         s.set_defaults(create_secret=False)
