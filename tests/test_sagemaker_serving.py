@@ -191,7 +191,7 @@ def test_endpoints_lists_the_hourly_cost_and_delete_removes_all_three(aws, capsy
     assert sm_cli.main(["endpoints", "--region", REGION]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("tiny-1"))
-    assert row.split()[:6] == ["tiny-1", "InService", "1", "x", INSTANCE, "$0.736"]
+    assert row.split()[:7] == ["tiny-1", "endpoint", "InService", "1", "x", INSTANCE, "$0.736"]
     assert "total: $0.736/h" in out and "as of" in out
 
     again = sm_cli.main([*DEPLOY, "--region", REGION, "--check", "0", "--name", "tiny-1"])
@@ -211,7 +211,7 @@ def test_endpoints_lists_the_hourly_cost_and_delete_removes_all_three(aws, capsy
     assert sm_cli.main(["delete", "tiny-1", "--region", REGION]) == 1
     assert "no endpoint, endpoint config or model named 'tiny-1'" in capsys.readouterr().err
     assert sm_cli.main(["endpoints", "--region", REGION]) == 0
-    assert "no endpoints in this region" in capsys.readouterr().out
+    assert "no endpoints and no transform jobs running in this region" in capsys.readouterr().out
 
 
 def test_invoke_sends_the_contracts_json_in_batches_and_writes_one_line_each(aws, tmp_path: Path, capsys) -> None:
@@ -559,3 +559,29 @@ def test_an_endpoint_that_fails_to_start_says_why_and_how_to_delete_it(aws, caps
         "/aws/sagemaker/Endpoints/broken); delete it: python -m launch sagemaker delete broken" in err
     )
     assert _sent(aws, "InvokeEndpoint") == []
+
+
+def test_transform_jobs_in_progress_are_listed_with_their_hourly_cost() -> None:
+    """moto completes transform jobs at once: one in progress comes from Stubber."""
+    sm = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    stamps = {"CreationTime": "2026-01-01T10:00:00Z"}
+    job = {"TransformJobName": "batch-1", "TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/batch-1"}
+    with Stubber(sm) as stub:
+        stub.add_response(
+            "list_transform_jobs",
+            {"TransformJobSummaries": [{**job, **stamps, "TransformJobStatus": "InProgress"}]},
+            {"StatusEquals": "InProgress"},
+        )
+        described = {
+            **job,
+            **stamps,
+            "TransformJobStatus": "InProgress",
+            "ModelName": "batch-1",
+            "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}},
+            "TransformResources": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 2},
+        }
+        stub.add_response("describe_transform_job", described, {"TransformJobName": "batch-1"})
+        lines = ep.endpoints_table([], tf.running(sm))
+    row = lines[1].split()
+    assert row[:7] == ["batch-1", "transform", "InProgress", "2", "x", "ml.g5.xlarge", "$2.816"]
+    assert lines[2] == "total: $2.816/h"

@@ -280,17 +280,20 @@ def running(sm: Any) -> list[dict[str, Any]]:
     return found
 
 
-def endpoints_table(found: list[dict[str, Any]]) -> list[str]:
-    if not found:
-        return ["no endpoints in this region: nothing bills for hosting"]
-    rows = [["endpoint", "status", "instances", "per hour", "since"]]
-    for e in found:
-        cost = "?" if e["per_hour"] is None else f"${e['per_hour']:.3f}"
-        since = e["created"].strftime("%Y-%m-%d %H:%M") if hasattr(e["created"], "strftime") else "-"
-        rows.append([e["name"], e["status"], e["instances"], cost, since])
-    known = [e["per_hour"] for e in found if e["per_hour"] is not None]
-    lines = tables.text(rows).splitlines()
+def endpoints_table(found: list[dict[str, Any]], transforms: list[dict[str, Any]] | None = None) -> list[str]:
+    """The endpoints (and Batch Transform jobs in progress) with their hourly prices and the total."""
+    transforms = transforms or []
+    if not found and not transforms:
+        return ["no endpoints and no transform jobs running in this region: nothing bills for serving"]
+    rows = [["name", "kind", "status", "instances", "per hour", "since"]]
+    for kind, items in (("endpoint", found), ("transform", transforms)):
+        for e in items:
+            cost = "?" if e["per_hour"] is None else f"${e['per_hour']:.3f}"
+            since = e["created"].strftime("%Y-%m-%d %H:%M") if hasattr(e["created"], "strftime") else "-"
+            rows.append([e["name"], kind, e["status"], e["instances"], cost, since])
+    everything = found + transforms
+    known = [e["per_hour"] for e in everything if e["per_hour"] is not None]
     total = f"total: ${sum(known):.3f}/h"
-    if len(known) < len(found):
-        total += " (plus the endpoints priced '?': their instance types are not in job/prices.json)"
-    return [*lines, total, f"  {serving.price_note()}"]
+    if len(known) < len(everything):
+        total += " (plus those priced '?': their instance types are not in job/prices.json)"
+    return [*tables.text(rows).splitlines(), total, f"  {serving.price_note()}"]

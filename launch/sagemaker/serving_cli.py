@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     delete.add_argument("endpoint", metavar="ENDPOINT")
     common(delete)
 
-    endpoints = sub.add_parser("endpoints", help="the region's endpoints and what they cost an hour")
+    endpoints = sub.add_parser("endpoints", help="the region's endpoints and transform jobs, and their cost an hour")
     common(endpoints)
 
     transform = sub.add_parser("transform", help="a Batch Transform job over JSON lines in S3")
@@ -318,7 +318,7 @@ def endpoints(args: argparse.Namespace) -> int:
     import boto3
 
     sm = boto3.Session(region_name=checks.region_of(args, dry_run=False)).client("sagemaker")
-    for line in ep.endpoints_table(ep.running(sm)):
+    for line in ep.endpoints_table(ep.running(sm), tf.running(sm)):
         print(line)
     return 0
 

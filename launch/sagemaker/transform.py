@@ -100,6 +100,26 @@ def cost_lines(request: dict[str, Any], run: serving.Run) -> list[str]:
     return lines
 
 
+def running(sm: Any) -> list[dict[str, Any]]:
+    """The region's Batch Transform jobs in progress, with their instances and hourly price."""
+    found = []
+    for page in sm.get_paginator("list_transform_jobs").paginate(StatusEquals="InProgress"):
+        for item in page["TransformJobSummaries"]:
+            job = sm.describe_transform_job(TransformJobName=item["TransformJobName"])
+            instance, count = job["TransformResources"]["InstanceType"], job["TransformResources"]["InstanceCount"]
+            price = serving.hourly_price(instance)
+            found.append(
+                {
+                    "name": job["TransformJobName"],
+                    "status": job["TransformJobStatus"],
+                    "instances": f"{count} x {instance}",
+                    "per_hour": None if price is None else price * count,
+                    "created": job.get("CreationTime"),
+                }
+            )
+    return found
+
+
 def wait(sm: Any, name: str, out: Callable[[str], None], poll_s: float = 30.0) -> dict[str, Any]:
     last = None
     while True:
