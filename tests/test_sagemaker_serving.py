@@ -134,7 +134,10 @@ def _no_secret_anywhere(aws: dict[str, Any], *texts: str) -> None:
     everything = json.dumps(aws["requests"]) + "".join(texts)
     assert TOKEN not in everything
     for op, params in aws["requests"]:
-        if op != "InvokeEndpoint":
+        if op == "InvokeEndpoint":  # the Body is a blob, checked for its size alone
+            assert len(params["Body"].encode()) <= ep.MAX_BODY
+            assert service_model.problems("sagemaker-runtime", op, {**params, "Body": ""}) == [], op
+        else:
             assert service_model.problems("sagemaker", op, params) == [], op
 
 
@@ -242,6 +245,18 @@ def test_invoke_bad_inputs_are_one_line_each(aws, tmp_path: Path, capsys) -> Non
     assert sm_cli.main(["invoke", "tiny", "--input", str(empty), "--region", REGION]) == 2
     assert "line 1: no 'dialogue' (or 'dialogue') text" in capsys.readouterr().err
     assert _sent(aws, "InvokeEndpoint") == []
+
+
+def test_a_request_over_invoke_endpoints_body_limit_is_refused_before_it_is_sent() -> None:
+    rows = [{"id": str(i), "dialogue": "#Person1#: " + "word " * 300_000} for i in range(5)]
+    with pytest.raises(LaunchError) as raised:
+        ep.invoke(None, "tiny", rows)
+    assert raised.value.exit_code == 2
+    assert raised.value.lines == [
+        "dialogues 0 to 4 make a request of 7.2 MiB, more than InvokeEndpoint's 6 MiB; lower --batch"
+    ]
+    with pytest.raises(LaunchError, match="EndpointName.*fix ENDPOINT"):
+        ep.invoke(None, "bad_name", [{"id": "1", "dialogue": "#Person1#: Hi."}])
 
 
 def test_a_4xx_from_the_container_is_one_line() -> None:

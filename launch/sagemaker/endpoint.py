@@ -14,6 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from job import tables
+from launch import service_model
 from launch.errors import BadInput, LaunchError
 from launch.sagemaker import serving
 
@@ -26,6 +27,8 @@ ACTIVE = ("Creating", "Updating", "SystemUpdating", "RollingBack", "InService", 
 CHECK_DIALOGUES = 5
 """Test dialogues `deploy` sends through the new endpoint."""
 BATCH = 8
+MAX_BODY = 6 * 2**20
+"""InvokeEndpoint's largest request body (the service model's Body max)."""
 """Dialogues per InvokeEndpoint request: a batch answers well inside InvokeEndpoint's 60 s."""
 BILLS_WARNING = (
     "warning: an endpoint bills every hour its instances run, invoked or not, until it is deleted: "
@@ -112,10 +115,19 @@ def invoke(runtime: Any, name: str, rows: list[dict[str, str]], **options: Any) 
     contract's JSON answer out. A 4xx from the container becomes one line with its `error`."""
     body = {"dialogues": [r["dialogue"] for r in rows], "ids": [r["id"] for r in rows]}
     body.update({k: v for k, v in options.items() if v is not None})
-    try:
-        answer = runtime.invoke_endpoint(
-            EndpointName=name, ContentType=CONTENT_TYPE, Accept=CONTENT_TYPE, Body=json.dumps(body).encode("utf-8")
+    data = json.dumps(body).encode("utf-8")
+    params = {"EndpointName": name, "ContentType": CONTENT_TYPE, "Accept": CONTENT_TYPE}
+    # The Body (a blob) is checked for its size alone, below.
+    problems = service_model.problems("sagemaker-runtime", "InvokeEndpoint", {**params, "Body": ""})
+    if problems:
+        raise BadInput(*(f"{line}; fix ENDPOINT" for line in problems))
+    if len(data) > MAX_BODY:
+        raise BadInput(
+            f"dialogues {rows[0]['id']} to {rows[-1]['id']} make a request of {len(data) / 2**20:.1f} MiB, more than "
+            f"InvokeEndpoint's {MAX_BODY / 2**20:.0f} MiB; lower --batch"
         )
+    try:
+        answer = runtime.invoke_endpoint(**params, Body=data)
     except ClientError as e:
         error = e.response.get("Error", {})
         if error.get("Code") == "ModelError":
