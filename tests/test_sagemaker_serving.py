@@ -543,6 +543,8 @@ def test_the_docs_list_every_serving_message_word_for_word(aws, tmp_path: Path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "texts.jsonl").write_text('{"text": "hello"}\n')
     (tmp_path / "dialogues.jsonl").write_text('{"dialogue": "#Person1#: Hi."}\n')
+    long = json.dumps({"dialogue": "#Person1#: " + "word " * 300_000})
+    (tmp_path / "long.jsonl").write_text((long + "\n") * 5)
     aws["session"].client("s3").put_object(Bucket=BUCKET, Key="exp/runs/unfinished/config.yaml", Body=b"{}")
     aws["session"].client("sagemaker").create_model(
         ModelName="taken", ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": "x"}
