@@ -62,6 +62,19 @@ def problems(
     return [f"{operation} {line}" for line in found]
 
 
+def problems_with_fixes(
+    service: str,
+    operation: str,
+    params: dict[str, Any],
+    fixes: dict[str, str],
+    placeholders: dict[str, str] | None = None,
+) -> list[str]:
+    """`problems`, each line ending with what to fix for its top-level field (`fixes`, by field name) where known."""
+    found = problems(service, operation, params, placeholders)
+    named = [fixes.get(regex.split(r"[ .:\[]", line.split(" ", 1)[1], maxsplit=1)[0]) for line in found]
+    return [f"{line}; {fix}" if fix else line for line, fix in zip(found, named, strict=True)]
+
+
 def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]} ({len(value)} characters)"

@@ -241,9 +241,7 @@ def region_problem(region: str, given: bool) -> str | None:
 
 def request_problems(request: dict[str, Any]) -> list[str]:
     """What the service model refuses in a CreateTrainingJob request, each line saying which option to fix."""
-    found = service_model.problems("sagemaker", "CreateTrainingJob", request, PLACEHOLDERS)
-    fixes = [FIELD_FIXES.get(re.split(r"[ .\[]", line.split(" ", 1)[1], maxsplit=1)[0]) for line in found]
-    return [f"{line}; {fix}" if fix else line for line, fix in zip(found, fixes, strict=True)]
+    return service_model.problems_with_fixes("sagemaker", "CreateTrainingJob", request, FIELD_FIXES, PLACEHOLDERS)
 
 
 def shown_secret(args: argparse.Namespace, region: str) -> str | None:

@@ -3,6 +3,7 @@
     python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot [key=value ...]
     python -m launch sagemaker status|logs|fetch|stop JOB
     python -m launch sagemaker tune --config NAME --instance TYPE --image ECR_URI --param KEY=A,B ...  (tune.py)
+    python -m launch sagemaker deploy|transform RUN ... | invoke|delete ENDPOINT | endpoints   (serving_cli)
 
 Everything that can be checked without spending money is checked first, all at once (`checks`): the instance
 type, the config's GPU memory fit on its GPU, spot timing, the region, the whole request against botocore's service
@@ -54,9 +55,11 @@ EPILOG = """examples:
       --role arn:aws:iam::123456789012:role/SageMakerTraining --hf-token-secret dialogsum-qlora/hf-token
   python -m launch sagemaker status JOB | logs JOB | fetch JOB --to ./runs | stop JOB
   python -m launch sagemaker tune --help      (hyperparameter search on validation ROUGE: docs/tuning.md)
+  python -m launch sagemaker deploy RUN --instance ml.g5.xlarge | invoke ENDPOINT --input dialogues.jsonl
+  python -m launch sagemaker endpoints | delete ENDPOINT | transform RUN --input s3://... --instance ml.g5.xlarge
 
 Anything after the options is a config override (key.sub=value), as for `python -m job train`.
-One-time AWS setup (role, bucket, secret, quota): docs/sagemaker.md."""
+One-time AWS setup (role, bucket, secret, quota): docs/sagemaker.md. Serving: docs/serving-sagemaker.md."""
 
 
 def submit_parser() -> argparse.ArgumentParser:
@@ -490,6 +493,10 @@ def run(argv: list[str]) -> int:
             from launch.sagemaker import tune
 
             return tune.run(argv[1:])
+        from launch.sagemaker import serving_cli
+
+        if argv and argv[0] in serving_cli.COMMANDS:
+            return serving_cli.run_command(argv)
         args, extra = submit_parser().parse_known_args(argv)
         cfg = resolve_launch_config(args, extra)
         fill_defaults(args, cfg)
