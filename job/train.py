@@ -47,37 +47,37 @@ def main(argv: list[str]) -> int:
 
 def run(cfg: Config) -> Path | None:
     """The whole job; returns the run folder (None on the helper ranks of a torchrun job)."""
-    from job import distributed, rundir
+    from job import distributed, rundir, watchdog
 
     started_at, t0 = rundir.now(), time.perf_counter()
     distributed.setup()
     run_dir, hw = prepare_run(cfg)
     splits, dialogues = load_data(cfg)
     create_run_folder(cfg, run_dir)
+    with watchdog.started(cfg.train.stall_minutes, run_dir):  # while training and generating
+        loaded = load_model(cfg, run_dir, hw)
+        prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
+        baseline_ids = baseline_prompts(cfg, loaded, splits["train"], dialogues)  # one that cannot fit stops us here
+        base = summarize(cfg, loaded, prompt_ids, "base model summaries") if cfg.eval.base else None
+        baselines = {name: summarize(cfg, loaded, ids, f"{name} baseline") for name, ids in baseline_ids.items()}
 
-    loaded = load_model(cfg, run_dir, hw)
-    prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
-    baseline_ids = baseline_prompts(cfg, loaded, splits["train"], dialogues)  # one that cannot fit stops us here
-    base = summarize(cfg, loaded, prompt_ids, "base model summaries") if cfg.eval.base else None
-    baselines = {name: summarize(cfg, loaded, ids, f"{name} baseline") for name, ids in baseline_ids.items()}
+        checkpoint_dir = checkpoint_folder(cfg, run_dir)
+        loaded.model, result = fine_tune(cfg, loaded, splits, run_dir, checkpoint_dir)
+        tuned = summarize(cfg, loaded, prompt_ids, "fine-tuned summaries")
+        if not runtime.is_main_process():  # rank 0 scores, writes and publishes alone; the others wait in cleanup()
+            distributed.cleanup()
+            return None
 
-    checkpoint_dir = checkpoint_folder(cfg, run_dir)
-    loaded.model, result = fine_tune(cfg, loaded, splits, run_dir, checkpoint_dir)
-    tuned = summarize(cfg, loaded, prompt_ids, "fine-tuned summaries")
-    if not runtime.is_main_process():  # rank 0 scores, writes and publishes alone; the others wait for it in cleanup()
+        summaries = Summaries(base=base, finetuned=tuned, baselines=baselines)
+        scores = score_summaries(cfg, dialogues, summaries)
+        metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, summaries, scores)
+        _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
+        finish_run_folder(cfg, run_dir, checkpoint_dir)
+        _print_final_metrics(metrics)
+        rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
+        log.info("run complete: %s", run_dir)
+        publish_run(cfg, run_dir)
         distributed.cleanup()
-        return None
-
-    summaries = Summaries(base=base, finetuned=tuned, baselines=baselines)
-    scores = score_summaries(cfg, dialogues, summaries)
-    metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, summaries, scores)
-    _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
-    finish_run_folder(cfg, run_dir, checkpoint_dir)
-    _print_final_metrics(metrics)
-    rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
-    log.info("run complete: %s", run_dir)
-    publish_run(cfg, run_dir)
-    distributed.cleanup()
     return run_dir
 
 
@@ -186,18 +186,19 @@ def generation_prompts(cfg: Config, tokenizer, enc_dec: bool, dialogues: list) -
 
 def summarize(cfg: Config, loaded: Loaded, ids: list[list[int]], desc: str) -> Generated:
     """Greedy summaries of the prompts, shared across the ranks."""
-    from job import generation, training
+    from job import generation, training, watchdog
 
-    return generation.generate_across_ranks(
-        loaded.model,
-        loaded.tokenizer,
-        ids,
-        cfg.eval.max_new_tokens,
-        cfg.eval.batch_size,
-        desc,
-        compute_dtype=loaded.hw.compute_dtype,
-        synced=training.fsdp_active(cfg, loaded.hw),
-    )
+    with watchdog.watching(f"generating {desc}"):
+        return generation.generate_across_ranks(
+            loaded.model,
+            loaded.tokenizer,
+            ids,
+            cfg.eval.max_new_tokens,
+            cfg.eval.batch_size,
+            desc,
+            compute_dtype=loaded.hw.compute_dtype,
+            synced=training.fsdp_active(cfg, loaded.hw),
+        )
 
 
 def baseline_prompts(cfg: Config, loaded: Loaded, train_split, dialogues: list) -> dict[str, list[list[int]]]:
