@@ -2,6 +2,7 @@
 
     python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot [key=value ...]
     python -m launch sagemaker status|logs|fetch|stop JOB
+    python -m launch sagemaker stage-model MODEL_ID --revision SHA   # weights to S3 once (launch/sagemaker/stage.py)
 
 Everything that can be checked without spending money is checked first, all at once (`checks`): the instance
 type, the config's GPU memory fit on its GPU, spot timing, the region, the whole request against botocore's service
@@ -29,6 +30,7 @@ from launch import cli as launch_cli
 from launch.errors import BadInput, Interrupted, LaunchError
 from launch.sagemaker import follow as follow_mod
 from launch.sagemaker import request as req
+from launch.sagemaker import stage
 from launch.sagemaker.checks import (
     DEFAULT_PREFIX,
     DEFAULT_VOLUME_GB,
@@ -50,6 +52,7 @@ EPILOG = """examples:
   python -m launch sagemaker --config llama-3.2-3b-qlora --instance ml.g5.xlarge --spot \\
       --role arn:aws:iam::123456789012:role/SageMakerTraining --hf-token-secret dialogsum-qlora/hf-token
   python -m launch sagemaker status JOB | logs JOB | fetch JOB --to ./runs | stop JOB
+  python -m launch sagemaker stage-model meta-llama/Llama-3.2-3B-Instruct --revision SHA   # then --model-s3 URI
 
 Anything after the options is a config override (key.sub=value), as for `python -m job train`.
 One-time AWS setup (role, bucket, secret, quota): docs/sagemaker.md."""
@@ -95,6 +98,11 @@ def submit_parser() -> argparse.ArgumentParser:
         help="`dlc` (Hugging Face PyTorch DLC + our source) or our image in ECR",
     )
     p.add_argument("--hf-token-secret", metavar="ID", help="Secrets Manager id or ARN holding the Hugging Face token")
+    p.add_argument(
+        "--model-s3",
+        metavar="S3_URI",
+        help=f"weights staged by `{stage.COMMAND}`: the job reads them as its `model` channel, with no Hub token",
+    )
     p.add_argument("--create-secret", action="store_true", help="store the local HF_TOKEN in --hf-token-secret first")
     p.add_argument("--tags", nargs="+", default=[], metavar="KEY=VALUE", help="extra tags on the training job")
     p.add_argument("--name", help="job name prefix (default dialogsum-<config hash>); SageMaker adds a timestamp")
@@ -196,6 +204,7 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         )
     for line in cost_lines(plan):
         _note(line)
+    _note(stage.source_line(cfg.model.name, args.model_s3, uses_secret(args)))
     _note(f"run folder: {plan.cfg.output.uri}/{job_name}/")
     for line in datareport.report_lines(cfg):
         _note(line)
@@ -246,6 +255,8 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 
     if args.output:
         check_bucket(boto.client("s3"), args.output, region)
+    if args.model_s3:
+        stage.check_staged(boto.client("s3"), args.model_s3, cfg.model.name)
     session = sagemaker_session(boto, args.output)
     output = args.output.rstrip("/") if args.output else f"s3://{session.default_bucket()}/{DEFAULT_PREFIX}"
     plan = make_plan(args, cfg, region, output, resolve_role(args.role, session), secret)
@@ -461,6 +472,8 @@ def run(argv: list[str]) -> int:
     with _aws_errors():
         if argv and argv[0] in COMMANDS:
             return run_command(argv)
+        if argv and argv[0] == stage.COMMAND:
+            return stage.main(argv[1:])
         args, extra = submit_parser().parse_known_args(argv)
         unknown = [
             t for t in extra if t.startswith("--") and "." not in t.split("=")[0] and t[2:].split("=")[0] != "method"
