@@ -137,18 +137,21 @@ def _save_within(saver: Saver, seconds: float) -> str:
 _current: Watchdog | None = None
 
 
-@contextlib.contextmanager
-def started(stall_minutes: float, run_dir: Path) -> Iterator[Watchdog | None]:
-    """This process's watchdog for the run in `run_dir` (none when stall_minutes is 0), stopped at the end."""
+def start(stall_minutes: float, run_dir: Path) -> Watchdog | None:
+    """This process's watchdog for the run in `run_dir` (none when stall_minutes is 0), in place of an earlier one.
+    Its thread lives as long as the process and watches only inside `watching`."""
     global _current
+    stop()
     if stall_minutes <= 0:
-        yield None
-        return
+        return None
     _current = Watchdog(stall_minutes * 60, run_dir, run_dir.name).start()
     log.info("watchdog: no progress for %g minutes while training or generating ends the run", stall_minutes)
-    try:
-        yield _current
-    finally:
+    return _current
+
+
+def stop() -> None:
+    global _current
+    if _current is not None:
         _current.stop()
         _current = None
 

@@ -21,6 +21,7 @@ from moto.server import ThreadedMotoServer
 
 from job import builtin, runtime
 from launch import service_model
+from launch.errors import LaunchError
 from launch.sagemaker import cli as sm_cli
 from launch.sagemaker import stage
 from tests.conftest import job_env
@@ -163,6 +164,15 @@ def test_staged_once_then_the_job_trains_from_the_channel_without_a_token(env, h
     assert {k: (o["Size"], o["ETag"], o["LastModified"]) for k, o in again.items()} == {
         k: (o["Size"], o["ETag"], o["LastModified"]) for k, o in listing.items()
     }
+
+    # what `--model-s3 URI` checks before submitting
+    stage.check_staged(env, STAGED, MODEL_ID, COMMIT)
+    with pytest.raises(LaunchError, match=r"holds owner/tiny-llama, but the config trains model.name=meta-llama/"):
+        stage.check_staged(env, STAGED, "meta-llama/Llama-3.2-3B-Instruct")
+    with pytest.raises(LaunchError, match=r"but the config pins model\.revision=f{40}; stage that commit"):
+        stage.check_staged(env, STAGED, MODEL_ID, "f" * 40)
+    with pytest.raises(LaunchError, match=r"no staged-model\.json there, so no complete staged model; stage one"):
+        stage.check_staged(env, f"s3://{BUCKET}/exp/models/{MODEL_ID}/", MODEL_ID)
 
     # SageMaker copies the channel into the container; here SM_CHANNEL_MODEL points at the same files
     channel = tmp_path / "channel" / "model"

@@ -204,7 +204,7 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         )
     for line in cost_lines(plan):
         _note(line)
-    _note(stage.source_line(cfg.model.name, args.model_s3, uses_secret(args)))
+    _note(stage.source_line(cfg.model.name, args.model_s3, uses_secret(args), plan.channels))
     _note(f"run folder: {plan.cfg.output.uri}/{job_name}/")
     for line in datareport.report_lines(cfg):
         _note(line)
@@ -256,7 +256,7 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     if args.output:
         check_bucket(boto.client("s3"), args.output, region)
     if args.model_s3:
-        stage.check_staged(boto.client("s3"), args.model_s3, cfg.model.name)
+        stage.check_staged(boto.client("s3"), args.model_s3, cfg.model.name, cfg.model.revision)
     session = sagemaker_session(boto, args.output)
     output = args.output.rstrip("/") if args.output else f"s3://{session.default_bucket()}/{DEFAULT_PREFIX}"
     plan = make_plan(args, cfg, region, output, resolve_role(args.role, session), secret)

@@ -184,17 +184,26 @@ def read_manifest(s3: Any, uri: str) -> bytes | None:
         raise
 
 
-def check_staged(s3: Any, uri: str, model_id: str) -> None:
-    """`--model-s3 URI` must hold a complete staging (its staged-model.json), of the model the config names."""
+def check_staged(s3: Any, uri: str, model_id: str, revision: str | None = None) -> None:
+    """`--model-s3 URI` must hold a complete staging (its staged-model.json), of the model (and pinned commit) the
+    config names."""
     record = read_manifest(s3, uri)
     if record is None:
         raise LaunchError(
             f"--model-s3 {uri}: no {STAGED} there, so no complete staged model; stage one with "
             f"`python -m launch sagemaker {COMMAND} {model_id} --revision SHA` and pass the URI it prints"
         )
-    staged = json.loads(record)["model_id"]
-    if staged != model_id:
-        raise BadInput(f"--model-s3 {uri} holds {staged}, but the config trains model.name={model_id}; pass one of it")
+    staged = json.loads(record)
+    if staged["model_id"] != model_id:
+        raise BadInput(
+            f"--model-s3 {uri} holds {staged['model_id']}, but the config trains model.name={model_id}; stage that "
+            "model or pass its staged URI"
+        )
+    if revision and COMMIT.match(revision) and staged["revision"] != revision:
+        raise BadInput(
+            f"--model-s3 {uri} holds {model_id} at {staged['revision']}, but the config pins model.revision={revision}; "
+            "stage that commit or pass its staged URI"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,14 +216,16 @@ def model_s3_problem(uri: str) -> str | None:
     return None
 
 
-def source_line(model_name: str, model_s3: str | None, secret: str | None) -> str:
-    """What the dry run says about where the job's base model comes from."""
+def source_line(model_name: str, model_s3: str | None, secret: str | None, channels: list[Any]) -> str:
+    """What the dry run says about where the job's base model comes from; `channels`: the plan's input channels."""
     if model_s3:
         return (
             f"model: {model_name} staged at {model_s3} -> input channel `{CHANNEL}` (model.name=channel:{CHANNEL}); "
             "no Hugging Face token in the job"
         )
-    if model_name.startswith("builtin:") or "/" not in model_name or model_name.startswith("s3://"):
+    if any(ch.name == CHANNEL for ch in channels):
+        return f"model: {model_name} -> input channel `{CHANNEL}`"
+    if model_name.startswith(("builtin:", runtime.CHANNEL)):
         return f"model: {model_name}"
     token = f"with the token in secret {secret}" if secret else "without a token"
     return (
