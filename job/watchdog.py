@@ -70,7 +70,7 @@ class Watchdog:
         """Watch `phase` (`training`, `generating base model summaries`); its clock starts now."""
         with self._lock:
             self._watching.append((phase, saver))
-            self._last = time.monotonic()
+            self._last, self._progress = time.monotonic(), "none yet"
         try:
             yield
         finally:
