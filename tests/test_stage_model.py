@@ -79,6 +79,8 @@ class HubFiles:
                 if path in (f"/api/models/{MODEL_ID}/revision/main", f"/api/models/{MODEL_ID}/revision/{COMMIT}"):
                     info = {"id": MODEL_ID, "sha": COMMIT, "siblings": [hub.sibling(n) for n in hub.files]}
                     return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
+                if path.startswith(f"/api/models/{MODEL_ID}/revision/"):
+                    return self._send(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}, body)
                 prefix = f"/{MODEL_ID}/resolve/{COMMIT}/"
                 if path.startswith(prefix) and path.removeprefix(prefix) in hub.files:
                     name = path.removeprefix(prefix)
@@ -198,6 +200,22 @@ def test_a_model_that_needs_the_token_is_refused_without_one(env, hub, tmp_path,
         f"error: {MODEL_ID} is gated and no Hugging Face token was found: request access on {hub.url}/{MODEL_ID}, "
         "then set HF_TOKEN (or run `hf auth login`)"
     )
+
+
+def test_an_unknown_revision_or_an_unreachable_hub_is_one_line(env, hub, monkeypatch, capsys):
+    wrong = [*STAGE[:3], "no-such-branch", *STAGE[4:]]
+    assert sm_cli.main(wrong) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --revision no-such-branch: {MODEL_ID} has no such revision; give a commit of {hub.url}/{MODEL_ID}"
+    )
+    closed = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = closed.server_address[1]
+    closed.server_close()  # nothing listens there now
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert sm_cli.main(STAGE) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: could not list {MODEL_ID} on http://127.0.0.1:{port} (") and "Traceback" not in err
+    assert err.endswith("); check the network")
 
 
 def test_the_request_reads_the_staged_channel_and_the_dry_run_says_so(capsys):

@@ -94,6 +94,10 @@ def hub_files(model_id: str, revision: str, token: str | None) -> tuple[str, lis
     except RepositoryNotFoundError:
         hint = "check the spelling" + ("" if token else ", or set HF_TOKEN if it is a private repository")
         raise BadInput(f"{model_id}: no such model on {api.endpoint} ({hint})") from None
+    except Exception as e:  # noqa: BLE001 - no route to the Hub, a refused token, an outage: one line, not a traceback
+        raise LaunchError(
+            f"could not list {model_id} on {api.endpoint} ({_first_line(e)}); check the network"
+        ) from None
     files = [
         HubFile(s.rfilename, s.lfs.size if s.lfs else s.size, s.lfs.sha256 if s.lfs else s.blob_id)
         for s in info.siblings or []
@@ -104,8 +108,8 @@ def hub_files(model_id: str, revision: str, token: str | None) -> tuple[str, lis
 def download(model_id: str, commit: str, name: str, token: str | None, folder: Path) -> Path:
     from huggingface_hub import hf_hub_download
 
-    return Path(
-        hf_hub_download(
+    try:
+        path = hf_hub_download(
             model_id,
             name,
             revision=commit,
@@ -113,7 +117,16 @@ def download(model_id: str, commit: str, name: str, token: str | None, folder: P
             local_dir=folder,
             endpoint=os.environ.get("HF_ENDPOINT") or None,
         )
-    )
+    except Exception as e:  # noqa: BLE001 - what is in S3 already stays; the same command copies the rest
+        raise LaunchError(
+            f"downloading {name} of {model_id} failed ({_first_line(e)}); run the same command again to copy the files "
+            "that are still missing"
+        ) from None
+    return Path(path)
+
+
+def _first_line(e: Exception) -> str:
+    return f"{e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
 
 
 # ----------------------------------------------------------------------------------------------------------------
