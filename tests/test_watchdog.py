@@ -163,3 +163,25 @@ def test_a_checkpoint_that_hangs_too_is_given_up(tmp_path, monkeypatch):
     dog.stop()
     hung.set()
     assert "no checkpoint: writing one did not finish within 0.2 s" in reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("world_size", "in_optimizer_step", "says"),
+    [
+        ("2", False, "no checkpoint: under torchrun saving one waits for every rank, and a rank is what hangs; the "
+                     "newest complete checkpoint in {dir} is kept"),
+        ("1", True, "no checkpoint: the stall is inside optimizer step 6, with the weights half updated; the newest "
+                    "complete checkpoint in {dir} is kept"),
+    ],
+)  # fmt: skip
+def test_no_checkpoint_where_one_would_be_unsafe(tmp_path, monkeypatch, world_size, in_optimizer_step, says):
+    """Only the Trainer's step counter is read before these refusals: a namespace stands in for the Trainer (the save
+    itself runs on the real one in the test above)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    beats = training.Heartbeats()
+    beats.in_optimizer_step = in_optimizer_step
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=5))
+    assert training.stalled_checkpoint(trainer, beats, tmp_path) == says.format(dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
