@@ -233,6 +233,10 @@ class TrainConfig:
     Refused with more than one CUDA process until a run on several GPUs has proved it; CPU processes run DDP."""
     keep_checkpoints: bool = False
     """Keep the checkpoint folder in a finished run (by default it is removed once the adapter is saved)."""
+    stall_minutes: float = 30.0
+    """The watchdog: no optimizer step and no generated batch for this long while training or generating ends the
+    run with exit 9 (a checkpoint first, where one can be written), so a hung collective or a stuck generation stops
+    billing. 0: no watchdog. Longer than the slowest step, validation pass or generation batch."""
 
     def problems(self) -> list[Problem]:
         p = []
@@ -248,6 +252,13 @@ class TrainConfig:
                 p.append(_rule(f"train.{key}", f"train.{key} must be >= 1 or null, got {getattr(self, key)}"))
         if self.epochs <= 0 and self.max_steps <= 0:
             p.append(_rule("train.epochs train.max_steps", "set train.epochs > 0 or train.max_steps > 0"))
+        if self.stall_minutes < 0:
+            p.append(
+                _rule(
+                    "train.stall_minutes",
+                    f"train.stall_minutes must be >= 0 (0: no watchdog), got {self.stall_minutes}",
+                )
+            )
         if self.max_grad_norm < 0:
             p.append(_rule("train.max_grad_norm", f"train.max_grad_norm must be >= 0, got {self.max_grad_norm}"))
         if self.fsdp and ("8bit" in self.optimizer or "paged" in self.optimizer):

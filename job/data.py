@@ -71,8 +71,8 @@ def _location(spec: str) -> str | Path:
         from job.synthetic import BUILTIN_DIR
 
         return BUILTIN_DIR
-    if spec.startswith("channel:"):
-        folder = runtime.channel_dir(spec.split(":", 1)[1])
+    folder = runtime.channel_path(spec)
+    if folder is not None:
         if not folder.is_dir():
             raise DataError(f"data.dataset={spec}: the SageMaker channel folder {folder} does not exist")
         return folder

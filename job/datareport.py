@@ -46,10 +46,10 @@ def load_tokenizer(cfg: Config) -> tuple[Any, bool]:
     if builtin.is_builtin(cfg.model.name):
         enc_dec = cfg.model.name == "builtin:tiny-t5"
         return builtin.load_tokenizer(encoder_decoder=enc_dec), enc_dec
-    from job import modeling
+    from job import modeling, runtime
     from job.errors import ConfigInputError
 
-    path = cfg.model.name
+    path = str(runtime.channel_path(cfg.model.name) or cfg.model.name)
     try:
         return modeling.load_tokenizer(path, cfg), modeling.is_encoder_decoder(path, cfg)
     except (OSError, ValueError) as e:

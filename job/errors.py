@@ -45,6 +45,14 @@ class PublishError(JobError):
     kind = "publish"
 
 
+class Stalled(JobError):
+    """No optimizer step and no generated batch for train.stall_minutes (a hung collective, a stuck generation): the
+    watchdog (job/watchdog.py) ended the process so that it stops billing."""
+
+    exit_code = 9
+    kind = "stalled"
+
+
 class Interrupted(JobError):
     """Stopped by SIGTERM (spot reclaim, StopTrainingJob, docker stop) after saving a checkpoint: 128 + SIGTERM."""
 

@@ -10,8 +10,10 @@ The job calls `inject(point, **context)` at fixed points; each fault fires at on
     sigterm@N    train_step     the process sends itself SIGTERM after step N (spot interruption, `docker stop`)
     sigkill@N    train_step     the process sends itself SIGKILL after step N (a lost machine: nothing runs after it)
     slow_step    train_step     every step sleeps DIALOGSUM_SLOW_STEP_SECONDS (default 1), to signal from outside
+    stall@N      train_step     the process hangs after step N, as in a collective that never returns (the watchdog)
     oom_load     load_model     torch.cuda.OutOfMemoryError is raised where the weights load
     oom_generate@N generate_batch torch.cuda.OutOfMemoryError is raised by a generation batch of N prompts
+    stall_generate@N generate_batch a generation batch of N prompts never returns (the watchdog)
     disk_full    write_results  OSError(ENOSPC) is raised where the result files are written
 
 A train_step fault without @N fires after every step. docs/bad-inputs.md lists what each one makes the job say.
@@ -71,6 +73,12 @@ def _slow_step(**_) -> None:
     time.sleep(float(os.environ.get(SLOW_STEP_ENV, "1")))
 
 
+def _stall(**_) -> None:
+    """Hang with the GIL released, as a collective or a CUDA call that never returns: only the watchdog ends it."""
+    while True:
+        time.sleep(3600)
+
+
 def _disk_full(run_dir: Path, **_) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "predictions.jsonl"))
 
@@ -82,8 +90,10 @@ FAULTS: dict[str, tuple[str, Callable[..., None]]] = {
     "sigterm": ("train_step", _signal(signal.SIGTERM)),
     "sigkill": ("train_step", _signal(signal.SIGKILL)),
     "slow_step": ("train_step", _slow_step),
+    "stall": ("train_step", _stall),
     "oom_load": ("load_model", _oom),
     "oom_generate": ("generate_batch", _oom),
+    "stall_generate": ("generate_batch", _stall),
     "disk_full": ("write_results", _disk_full),
 }
 

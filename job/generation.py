@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from job import faults
+from job import faults, watchdog
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def generate_batches(
             for j, (text, reached) in zip(batch, out):
                 texts[j], hit[j] = text, reached
             bar.update(len(batch))
+            watchdog.beat(f"{desc}: {bar.n} of {bar.total} dialogues")
     bar.close()
     if was_training:
         model.train()

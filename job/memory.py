@@ -109,8 +109,11 @@ class UnknownArchitecture(LookupError):
 
 
 def architecture(model_name: str) -> dict[str, Any]:
-    """The architecture numbers for a hub id, a fine-tuned variant of one, or a local folder with config.json."""
-    folder = Path(model_name)
+    """The architecture numbers for a hub id, a fine-tuned variant of one, or a local folder with config.json (a
+    SageMaker channel, `channel:model`, included)."""
+    from job import runtime
+
+    folder = runtime.channel_path(model_name) or Path(model_name)
     if (folder / "config.json").is_file():
         return from_hf_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
     if model_name in ARCHITECTURES:

@@ -283,7 +283,7 @@ def save_trained(model, tokenizer, cfg: Config, run_dir: Path, state_dict: dict 
     if cfg.method == "full":
         model.save_pretrained(folder, state_dict=state_dict)
     else:
-        model.peft_config["default"].base_model_name_or_path = cfg.model.name
+        model.peft_config["default"].base_model_name_or_path = rundir.public_model_name(cfg)
         model.save_pretrained(folder, save_embedding_layers=False, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     return folder

@@ -108,7 +108,14 @@ def check_model_folder(name: str) -> None:
     client as a malformed repo id, and a folder of bare weights as an unrecognized model, both as tracebacks."""
     if builtin.is_builtin(name):
         return
-    path = Path(name).expanduser()
+    channel = runtime.channel_path(name)
+    if channel is not None and not channel.is_dir():
+        raise ConfigInputError(
+            f"model.name={name}: the SageMaker channel folder {channel} does not exist; give the training job a "
+            f"{name.removeprefix(runtime.CHANNEL)} channel (`python -m launch sagemaker --model-s3 URI`) or set "
+            f"SM_CHANNEL_{name.removeprefix(runtime.CHANNEL).upper()} to the folder of the weights"
+        )
+    path = channel or Path(name).expanduser()
     if not path.exists():
         if looks_like_path(name):
             raise ConfigInputError(

@@ -29,6 +29,10 @@ VERSIONED = (
 )
 
 
+FAILURE_NOTE = "failure.txt"
+"""Why an unfinished run stopped, where the job could not say it anywhere else (the watchdog); removed when the same
+command resumes the run."""
+
 BASE_MODEL = "base_model"
 """The run's own copy of a built-in model's weights (built there, since no hub holds them)."""
 
@@ -43,7 +47,22 @@ def base_model_path(cfg: Config, run_dir: Path) -> str:
     `base_model/` for a built-in model, else model.name (a hub id, at model.revision, or a local folder)."""
     from job import builtin
 
-    return str(run_dir / BASE_MODEL) if builtin.is_builtin(cfg.model.name) else cfg.model.name
+    if builtin.is_builtin(cfg.model.name):
+        return str(run_dir / BASE_MODEL)
+    channel = runtime.channel_path(cfg.model.name)
+    return str(channel) if channel is not None else cfg.model.name
+
+
+def public_model_name(cfg: Config) -> str:
+    """The base model's name as others can find it: for weights staged in a channel (`channel:model`), the hub id
+    their staged-model.json records; else model.name itself."""
+    channel = runtime.channel_path(cfg.model.name)
+    if channel is None:
+        return cfg.model.name
+    try:
+        return json.loads((channel / runtime.STAGED_MODEL).read_text())["model_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return cfg.model.name
 
 
 def local_parent(cfg: Config) -> Path:
@@ -106,11 +125,21 @@ def prepare(cfg: Config) -> Path:
         probe = run_dir / ".write-probe"
         probe.write_text("ok")
         probe.unlink()
+        (run_dir / FAILURE_NOTE).unlink(missing_ok=True)  # an earlier attempt's reason: this one starts over
     except OSError as e:
         raise OutputError(
             f"cannot write the run folder {run_dir}: {e.strerror or e}; check output.uri and permissions"
         ) from None
     return run_dir
+
+
+def write_failure_note(run_dir: Path, reason: str) -> None:
+    """`failure.txt` in an unfinished run folder: the reason it stopped, for whoever opens the folder."""
+    try:
+        if run_dir.is_dir() and not is_complete(run_dir):
+            (run_dir / FAILURE_NOTE).write_text(reason.rstrip() + "\n", encoding="utf-8")
+    except OSError:
+        pass
 
 
 def check_output_file(path: Path, overwrite: bool = False, option: str = "--output") -> Path:

@@ -64,14 +64,21 @@ def exit_on_sigterm() -> None:
     143, seen once in the container under load)."""
 
     def handler(signum: int, frame: object) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(128 + signum)
+        hard_exit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def hard_exit(code: int) -> None:
+    """End the process now with `code`, its output flushed, without the interpreter's shutdown: from a signal
+    handler, or from the watchdog's thread while the main thread is stuck in a C call that never returns (a normal
+    exit would wait for it). Log records are written and flushed as they are emitted, so none is lost."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def default_run_name(config_hash: str, now: datetime | None = None) -> str:
@@ -86,6 +93,18 @@ def channel_dir(name: str) -> Path:
     """The folder of a SageMaker input channel (`SM_CHANNEL_<NAME>` or /opt/ml/input/data/<name>)."""
     env = os.environ.get(f"SM_CHANNEL_{name.upper()}")
     return Path(env) if env else OPT_ML / "input" / "data" / name
+
+
+CHANNEL = "channel:"
+"""`channel:NAME` as data.dataset or model.name: the SageMaker input channel NAME."""
+
+STAGED_MODEL = "staged-model.json"
+"""Beside the weights `python -m launch sagemaker stage-model` copied to S3: the hub id and commit they are."""
+
+
+def channel_path(spec: str) -> Path | None:
+    """The folder of a `channel:NAME` value; None for any other value."""
+    return channel_dir(spec.removeprefix(CHANNEL)) if spec.startswith(CHANNEL) else None
 
 
 def model_dir() -> Path | None:

@@ -47,13 +47,14 @@ def main(argv: list[str]) -> int:
 
 def run(cfg: Config) -> Path | None:
     """The whole job; returns the run folder (None on the helper ranks of a torchrun job)."""
-    from job import distributed, rundir
+    from job import distributed, rundir, watchdog
 
     started_at, t0 = rundir.now(), time.perf_counter()
     distributed.setup()
     run_dir, hw = prepare_run(cfg)
     splits, dialogues = load_data(cfg)
     create_run_folder(cfg, run_dir)
+    watchdog.start(cfg.train.stall_minutes, run_dir)  # it watches training and generation (`summarize`)
 
     loaded = load_model(cfg, run_dir, hw)
     prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
@@ -205,18 +206,19 @@ def generation_prompts(cfg: Config, tokenizer, enc_dec: bool, dialogues: list) -
 
 def summarize(cfg: Config, loaded: Loaded, ids: list[list[int]], desc: str) -> Generated:
     """Greedy summaries of the prompts, shared across the ranks."""
-    from job import generation, training
+    from job import generation, training, watchdog
 
-    return generation.generate_across_ranks(
-        loaded.model,
-        loaded.tokenizer,
-        ids,
-        cfg.eval.max_new_tokens,
-        cfg.eval.batch_size,
-        desc,
-        compute_dtype=loaded.hw.compute_dtype,
-        synced=training.fsdp_active(cfg, loaded.hw),
-    )
+    with watchdog.watching(f"generating {desc}"):
+        return generation.generate_across_ranks(
+            loaded.model,
+            loaded.tokenizer,
+            ids,
+            cfg.eval.max_new_tokens,
+            cfg.eval.batch_size,
+            desc,
+            compute_dtype=loaded.hw.compute_dtype,
+            synced=training.fsdp_active(cfg, loaded.hw),
+        )
 
 
 def baseline_prompts(cfg: Config, loaded: Loaded, train_split, dialogues: list) -> dict[str, list[list[int]]]:

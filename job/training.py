@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 
-from job import distributed, faults, logs, prompts, runtime
+from job import distributed, faults, logs, prompts, runtime, watchdog
 from job.config import Config
 from job.errors import ConfigInputError, ResourceError, TrainingError
 from job.modeling import Hardware
@@ -264,6 +264,12 @@ class MetricsLines(TrainerCallback):
             logs.emit_metrics({"step": state.global_step, "eval_loss": float(values["eval_loss"])})
 
 
+def mark_complete(path: Path, step: int, marker: dict) -> None:
+    """The checkpoint's marker: its step and the hash of what shapes the weights (MarkComplete.marker)."""
+    (path / COMPLETE_MARKER).write_text(json.dumps({"step": step, **marker}))
+    log.info("checkpoint saved: %s", path)
+
+
 class MarkComplete(TrainerCallback):
     """A checkpoint is only complete once the Trainer has written all of it. Its marker records the hash of what
     shapes the weights (and those values), which a resume must match (`refuse_foreign_checkpoints`)."""
@@ -274,8 +280,51 @@ class MarkComplete(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and path.is_dir():
-            (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step, **self.marker}))
-            log.info("checkpoint saved: %s", path)
+            mark_complete(path, state.global_step, self.marker)
+
+
+class Heartbeats(TrainerCallback):
+    """Progress for the watchdog (job/watchdog.py): optimizer steps, validation batches, checkpoints. Knows whether
+    the optimizer is updating the weights, when a checkpoint would hold half-updated ones."""
+
+    def __init__(self):
+        self.in_optimizer_step = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        watchdog.beat(f"optimizer step {state.global_step}")
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        watchdog.beat(f"a validation batch after step {state.global_step}")
+
+    def on_save(self, args, state, control, **kwargs):
+        watchdog.beat(f"the checkpoint of step {state.global_step}")
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.in_optimizer_step = True
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.in_optimizer_step = False
+
+
+def stalled_checkpoint(trainer, beats: Heartbeats, checkpoint_dir: Path, marker: dict | None = None) -> str:
+    """The watchdog's last checkpoint of a stalled run (from its thread, the training loop stuck): the weights,
+    optimizer, scheduler and trainer state of the last finished optimizer step, marked complete. Only where that is
+    safe: one process (under torchrun a save waits for every rank, and a rank is what hangs), outside the optimizer
+    step (the weights half updated)."""
+    step = trainer.state.global_step
+    kept = f"the newest complete checkpoint in {checkpoint_dir} is kept"
+    if distributed.enabled():
+        return f"no checkpoint: under torchrun saving one waits for every rank, and a rank is what hangs; {kept}"
+    if beats.in_optimizer_step:
+        return f"no checkpoint: the stall is inside optimizer step {step + 1}, with the weights half updated; {kept}"
+    if step == 0:
+        return "no checkpoint: no optimizer step had finished"
+    path = checkpoint_dir / f"checkpoint-{step}"
+    if (path / COMPLETE_MARKER).is_file():
+        return f"checkpoint of step {step} already saved in {path}"
+    trainer._save_checkpoint(trainer.model, trial=None)  # what the Trainer's own saves call
+    mark_complete(path, step, marker or {})
+    return f"checkpoint of step {step} saved in {path}"
 
 
 class StopOnSigterm(TrainerCallback):
@@ -508,8 +557,9 @@ def train(
     main = runtime.is_main_process()
     events = Path(cfg.output.tensorboard_dir) if cfg.output.tensorboard_dir else run_dir / "tensorboard"
     writer = SummaryWriter(log_dir=str(events)) if main else None
-    sigterm = StopOnSigterm()
-    callbacks = [MetricsLines(), MarkComplete(cfg), sigterm] + ([TensorBoardCallback(tb_writer=writer)] if main else [])
+    sigterm, beats, complete = StopOnSigterm(), Heartbeats(), MarkComplete(cfg)
+    callbacks = [MetricsLines(), complete, beats, sigterm]  # a beat before the faults of a step fire
+    callbacks += [TensorBoardCallback(tb_writer=writer)] if main else []
     columns = ["input_ids", "labels"]
     trainer = (CountingSeq2SeqTrainer if enc_dec else CountingTrainer)(
         model=model,
@@ -530,7 +580,8 @@ def train(
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with watchdog.watching("training", lambda: stalled_checkpoint(trainer, beats, checkpoint_dir, complete.marker)):
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except torch.cuda.OutOfMemoryError:
         raise ResourceError(
             f"the GPU ({hw.name}) ran out of memory while training; lower train.batch_size (now "

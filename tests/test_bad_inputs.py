@@ -206,6 +206,16 @@ def model_folder_without_config(ctx: Context) -> Attempt:
 
 
 @case(
+    "missing model channel",
+    2,
+    r"model\.name=channel:model: the SageMaker channel folder /opt/ml/input/data/model does not exist; give the "
+    r"training job a model channel \(`python -m launch sagemaker --model-s3 URI`\) or set SM_CHANNEL_MODEL",
+)
+def missing_model_channel(ctx: Context) -> Attempt:
+    return Attempt(["model.name=channel:model"])
+
+
+@case(
     "mistyped target module",
     2,
     r"lora\.target_modules: q_prj matches no module of builtin:tiny-llama; its linear layers are named down_proj, "
@@ -553,6 +563,19 @@ def sigterm(ctx: Context) -> Attempt:
     return Attempt(QUICK_TRAIN, env={FAULTS: "sigterm@1"})
 
 
+@case(
+    "generation stalled",
+    9,
+    r"error \(stalled\): no generated batch for 0\.02 minutes while generating base model summaries \(last progress: "
+    r"none yet, \d+ s ago\), so the run was ended to stop billing; nothing to checkpoint outside training\. A hung "
+    r"collective \(NCCL\) or a GPU call that never returns looks like this: run the same command again \(same "
+    r"output\.run_name=bad\) to resume, or raise train\.stall_minutes \(now 0\.02\)",
+)
+def generation_stalled(ctx: Context) -> Attempt:
+    """The watch starts where the base model's first batch does, which never returns: 1.2 s is no race."""
+    return Attempt([*QUICK_TRAIN, "eval.base=true", "train.stall_minutes=0.02"], env={FAULTS: "stall_generate"})
+
+
 # ----------------------------------------------------------------------------------------------
 # The injection itself
 
@@ -620,6 +643,8 @@ def fresh_process_needed(attempt: Attempt) -> str | None:
         return "huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE once, when it is imported"
     if "sigterm" in attempt.env.get(FAULTS, ""):
         return "the job signals its own process"
+    if "stall" in attempt.env.get(FAULTS, ""):
+        return "the watchdog ends its own process (os._exit)"
     return None
 
 

@@ -239,7 +239,9 @@ def test_submit_sends_the_tuning_request_the_dry_run_showed(tuning, shown) -> No
     # spot, stopping and one checkpoint prefix for the whole tuning job (each trial keeps a folder of its own in it)
     assert definition["EnableManagedSpotTraining"] is True
     stop = definition["StoppingCondition"]
-    assert stop["MaxWaitTimeInSeconds"] >= stop["MaxRuntimeInSeconds"] == 3600  # --max-run: 3x the estimate, at least 1 h
+    assert (
+        stop["MaxWaitTimeInSeconds"] >= stop["MaxRuntimeInSeconds"] == 3600
+    )  # --max-run: 3x the estimate, at least 1 h
     assert definition["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
     assert definition["CheckpointConfig"]["S3Uri"].startswith(f"s3://{BUCKET}/exp/")
     assert definition["CheckpointConfig"]["S3Uri"].endswith(f"/{name}/checkpoints")

@@ -110,7 +110,9 @@ def hub_data(cfg: config_mod.Config) -> bool:
     return not (name.startswith(("builtin:", "s3://", "channel:")) or _is_local(name))
 
 
-def isolation_problems(acct: Account, cfg: config_mod.Config, image: str, secret: str | None) -> list[str]:
+def isolation_problems(
+    acct: Account, cfg: config_mod.Config, image: str, secret: str | None, model_s3: str | None = None
+) -> list[str]:
     """Network isolation leaves the job no internet, no AWS endpoint and no credentials: everything it reads must be
     a channel, and it can publish only through SageMaker's own model output."""
     if not acct.network_isolation:
@@ -122,10 +124,11 @@ def isolation_problems(acct: Account, cfg: config_mod.Config, image: str, secret
             f"{why}, and the `dlc` image installs our requirements with pip at start; use our own image "
             "(--image ECR_URI, `python -m launch image push`)"
         )
-    if hub_model(cfg):
+    if hub_model(cfg) and not model_s3:
         problems.append(
-            f"{why} to download model.name={cfg.model.name} from the Hugging Face Hub; stage the weights in S3 "
-            "and pass model.name=s3://BUCKET/PREFIX (or a local folder), which travels as the `model` channel"
+            f"{why} to download model.name={cfg.model.name} from the Hugging Face Hub; stage the weights in S3 once "
+            "(`python -m launch sagemaker stage-model MODEL_ID --revision SHA`) and pass --model-s3 URI, or pass "
+            "model.name=s3://BUCKET/PREFIX (or a local folder), which travels as the `model` channel"
         )
     if hub_data(cfg):
         problems.append(
@@ -142,7 +145,14 @@ def isolation_problems(acct: Account, cfg: config_mod.Config, image: str, secret
     return problems
 
 
-def problems(acct: Account, cfg: config_mod.Config, instance_type: str, image: str, secret: str | None) -> list[str]:
+def problems(
+    acct: Account,
+    cfg: config_mod.Config,
+    instance_type: str,
+    image: str,
+    secret: str | None,
+    model_s3: str | None = None,
+) -> list[str]:
     """Every option and combination of options that cannot work, one line each, found without AWS."""
     found = []
     if bool(acct.subnets) != bool(acct.security_groups):
@@ -171,7 +181,7 @@ def problems(acct: Account, cfg: config_mod.Config, instance_type: str, image: s
         )
     if acct.retries is not None and not 1 <= acct.retries <= MAX_RETRIES:
         found.append(f"--retries {acct.retries}: must be 1-{MAX_RETRIES}")
-    return found + isolation_problems(acct, cfg, image, secret)
+    return found + isolation_problems(acct, cfg, image, secret, model_s3)
 
 
 def notes(acct: Account, instance_type: str) -> list[str]:

@@ -107,6 +107,10 @@ def _option_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--create-secret stores the local HF_TOKEN: set HF_TOKEN in this shell first")
     if args.output and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", args.output):
         problems.append(f"--output {args.output!r}: give s3://bucket/prefix")
+    if getattr(args, "model_s3", None):
+        from launch.sagemaker import stage
+
+        problems += [p for p in [stage.model_s3_problem(args.model_s3)] if p]
     return problems + _parse_tags(args.tags)[1]
 
 
@@ -157,7 +161,7 @@ def _config_notes(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[lis
         )
     if not cfg.output.uri.startswith(("s3://", "hf://")) and cfg.output.uri != config_mod.OutputConfig().uri:
         warnings.append(f"output.uri={cfg.output.uri} is a local folder; on SageMaker the run goes to <output>/runs")
-    if cfg.model.name.startswith(GATED_PREFIXES) and not uses_secret(args):
+    if cfg.model.name.startswith(GATED_PREFIXES) and not uses_secret(args) and not getattr(args, "model_s3", None):
         warnings.append(
             f"{cfg.model.name} is gated on the Hugging Face Hub: pass --hf-token-secret ID "
             "(and --create-secret to store your local HF_TOKEN there)"
@@ -192,7 +196,9 @@ def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], 
     """(problems, warnings) found without AWS: every problem is reported at once."""
     gpu_problems, gpu_warnings = _gpu_checks(args, cfg)
     config_problems, config_warnings = _config_notes(args, cfg)
-    account_problems = account.problems(account.from_args(args), cfg, args.instance, args.image, uses_secret(args))
+    account_problems = account.problems(
+        account.from_args(args), cfg, args.instance, args.image, uses_secret(args), getattr(args, "model_s3", None)
+    )
     problems = gpu_problems + _option_problems(args) + config_problems + account_problems
     if not gpu_problems:  # an unknown instance has no price
         problems += _budget_problems(args)
@@ -284,7 +290,7 @@ def make_plan(
 ) -> req.Plan:
     """`secret`: the Hugging Face token secret's ARN, which the job reads in the secret's own region."""
     acct = account.from_args(args)
-    cfg, channels = req.channels_for(job_config(cfg, output, acct), output)
+    cfg, channels = req.channels_for(job_config(cfg, output, acct), output, getattr(args, "model_s3", None))
     max_run, max_wait = _stopping(args)
     inst = catalog.instance(args.instance)
     tags = req.tags_for(cfg, args.config) | _parse_tags(args.tags)[0]

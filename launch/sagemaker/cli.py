@@ -4,6 +4,7 @@
     python -m launch sagemaker status|logs|fetch|stop JOB
     python -m launch sagemaker tune --config NAME --instance TYPE --image ECR_URI --param KEY=A,B ...  (tune.py)
     python -m launch sagemaker deploy|transform RUN ... | invoke|delete ENDPOINT | endpoints   (serving_cli)
+    python -m launch sagemaker stage-model MODEL_ID --revision SHA   # weights to S3 once (launch/sagemaker/stage.py)
 
 Everything that can be checked without spending money is checked first, all at once (`checks`): the instance
 type, the config's GPU memory fit on its GPU, spot timing, the region, the whole request against botocore's service
@@ -29,7 +30,7 @@ from job import tables
 from launch import catalog, datareport, service_model
 from launch import cli as launch_cli
 from launch.errors import BadInput, Interrupted, LaunchError
-from launch.sagemaker import account, budget
+from launch.sagemaker import account, budget, stage
 from launch.sagemaker import follow as follow_mod
 from launch.sagemaker import request as req
 from launch.sagemaker.checks import (
@@ -57,6 +58,7 @@ EPILOG = """examples:
   python -m launch sagemaker tune --help      (hyperparameter search on validation ROUGE: docs/tuning.md)
   python -m launch sagemaker deploy RUN --instance ml.g5.xlarge | invoke ENDPOINT --input dialogues.jsonl
   python -m launch sagemaker endpoints | delete ENDPOINT | transform RUN --input s3://... --instance ml.g5.xlarge
+  python -m launch sagemaker stage-model meta-llama/Llama-3.2-3B-Instruct --revision SHA   # then --model-s3 URI
 
 Anything after the options is a config override (key.sub=value), as for `python -m job train`.
 One-time AWS setup (role, bucket, secret, quota): docs/sagemaker.md. Serving: docs/serving-sagemaker.md."""
@@ -109,6 +111,11 @@ def submit_parser() -> argparse.ArgumentParser:
         help="`dlc` (Hugging Face PyTorch DLC + our source) or our image in ECR",
     )
     p.add_argument("--hf-token-secret", metavar="ID", help="Secrets Manager id or ARN holding the Hugging Face token")
+    p.add_argument(
+        "--model-s3",
+        metavar="S3_URI",
+        help=f"weights staged by `{stage.COMMAND}`: the job reads them as its `model` channel, with no Hub token",
+    )
     p.add_argument("--create-secret", action="store_true", help="store the local HF_TOKEN in --hf-token-secret first")
     p.add_argument("--tags", nargs="+", default=[], metavar="KEY=VALUE", help="extra tags on the training job")
     p.add_argument("--name", help="job name prefix (default dialogsum-<config hash>); SageMaker adds a timestamp")
@@ -225,6 +232,7 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     for line in cost_lines(plan) + guard_lines(plan, args):
         _note(line)
     _note(f"run folder: {follow_mod.run_folder_uri(_job_stub(plan, job_name))}")
+    _note(stage.source_line(cfg.model.name, args.model_s3, uses_secret(args), plan.channels))
     for line in datareport.report_lines(cfg):
         _note(line)
     if args.create_secret:
@@ -274,6 +282,8 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 
     if args.output:
         check_bucket(boto.client("s3"), args.output, region)
+    if args.model_s3:
+        stage.check_staged(boto.client("s3"), args.model_s3, cfg.model.name, cfg.model.revision)
     session = sagemaker_session(boto, args.output)
     output = args.output.rstrip("/") if args.output else f"s3://{session.default_bucket()}/{DEFAULT_PREFIX}"
     plan = make_plan(args, cfg, region, output, resolve_role(args.role, session), secret)
@@ -497,6 +507,8 @@ def run(argv: list[str]) -> int:
 
         if argv and argv[0] in serving_cli.COMMANDS:
             return serving_cli.run_command(argv)
+        if argv and argv[0] == stage.COMMAND:
+            return stage.main(argv[1:])
         args, extra = submit_parser().parse_known_args(argv)
         cfg = resolve_launch_config(args, extra)
         fill_defaults(args, cfg)

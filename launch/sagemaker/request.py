@@ -190,15 +190,20 @@ def _channel(name: str, source: str, output: str) -> Channel:
     return Channel(name, str(path), str(inside), s3_uri=f"{output}/inputs/{name}/{content_hash(path)}/")
 
 
-def channels_for(cfg: Config, output: str) -> tuple[Config, list[Channel]]:
-    """Local or S3 data sets and model folders become input channels; the config then points inside the container."""
+def channels_for(cfg: Config, output: str, model_s3: str | None = None) -> tuple[Config, list[Channel]]:
+    """Local or S3 data sets and model folders become input channels; the config then points inside the container.
+    `model_s3`: weights staged by `stage-model`, read by the job as `model.name=channel:model`."""
     channels = []
     data, model = cfg.data.dataset, cfg.model.name
     if data.startswith("s3://") or (not data.startswith(("builtin:", "channel:")) and Path(data).expanduser().exists()):
         channels.append(_channel("data", data, output))
-    if model.startswith("s3://") or (not model.startswith("builtin:") and Path(model).expanduser().is_dir()):
-        channels.append(_channel("model", model, output))
     changes = {ch.name: ch.container_path for ch in channels}
+    if model_s3:
+        channels.append(Channel("model", model_s3, str(CHANNEL_ROOT / "model"), s3_uri=model_s3))
+        changes["model"] = "channel:model"
+    elif model.startswith("s3://") or (not model.startswith("builtin:") and Path(model).expanduser().is_dir()):
+        channels.append(_channel("model", model, output))
+        changes["model"] = channels[-1].container_path
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, dataset=changes.get("data", data)),
