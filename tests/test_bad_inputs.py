@@ -735,7 +735,7 @@ def test_bad_input(ctx, name):
 
 
 def test_the_docs_list_every_case_with_its_exit_code():
-    text = (REPO / "docs/bad-inputs.md").read_text()
+    text = (REPO / "docs/bad-inputs.md").read_text().split("\n## The table\n", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,8 @@ REFUSED = {
 
 def documented_refusals() -> dict[str, str]:
     """The launcher's table in docs/bad-inputs.md: row name -> the error line, word for word."""
-    text = DOCS.read_text(encoding="utf-8").split("### `python -m launch sagemaker`", 1)[1].split("\n## ", 1)[0]
+    text = DOCS.read_text(encoding="utf-8").split("### `python -m launch sagemaker`", 1)[1]
+    text = re.split(r"\n##+ ", text, maxsplit=1)[0]  # up to the next section
     rows = [line.strip().strip("|").split("|", 1) for line in text.splitlines() if line.startswith("| ")]
     return {name.strip(): said.strip().strip("`") for name, said in rows[1:]}
 
