@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
 
 def run(cfg: Config) -> Path | None:
     """The whole job; returns the run folder (None on the helper ranks of a torchrun job)."""
-    from job import distributed, rundir
+    from job import distributed, rundir, tracking
 
     started_at, t0 = rundir.now(), time.perf_counter()
     distributed.setup()
@@ -55,26 +55,27 @@ def run(cfg: Config) -> Path | None:
     splits, dialogues = load_data(cfg)
     create_run_folder(cfg, run_dir)
 
-    loaded = load_model(cfg, run_dir, hw)
-    prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
-    baseline_ids = baseline_prompts(cfg, loaded, splits["train"], dialogues)  # one that cannot fit stops us here
-    base = summarize(cfg, loaded, prompt_ids, "base model summaries") if cfg.eval.base else None
-    baselines = {name: summarize(cfg, loaded, ids, f"{name} baseline") for name, ids in baseline_ids.items()}
+    with tracking.tracked(cfg, run_dir):  # MLflow, when output.mlflow or MLFLOW_TRACKING_URI names where
+        loaded = load_model(cfg, run_dir, hw)
+        prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
+        baseline_ids = baseline_prompts(cfg, loaded, splits["train"], dialogues)  # one that cannot fit stops us here
+        base = summarize(cfg, loaded, prompt_ids, "base model summaries") if cfg.eval.base else None
+        baselines = {name: summarize(cfg, loaded, ids, f"{name} baseline") for name, ids in baseline_ids.items()}
 
-    checkpoint_dir = checkpoint_folder(cfg, run_dir)
-    loaded.model, result = fine_tune(cfg, loaded, splits, run_dir, checkpoint_dir)
-    tuned = summarize(cfg, loaded, prompt_ids, "fine-tuned summaries")
-    if not runtime.is_main_process():  # rank 0 scores, writes and publishes alone; the others wait for it in cleanup()
-        distributed.cleanup()
-        return None
+        checkpoint_dir = checkpoint_folder(cfg, run_dir)
+        loaded.model, result = fine_tune(cfg, loaded, splits, run_dir, checkpoint_dir)
+        tuned = summarize(cfg, loaded, prompt_ids, "fine-tuned summaries")
+        if not runtime.is_main_process():  # rank 0 scores, writes and publishes alone; the others wait in cleanup()
+            distributed.cleanup()
+            return None
 
-    summaries = Summaries(base=base, finetuned=tuned, baselines=baselines)
-    scores = score_summaries(cfg, dialogues, summaries)
-    metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, summaries, scores)
-    _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
-    finish_run_folder(cfg, run_dir, checkpoint_dir)
-    _print_final_metrics(metrics)
-    rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
+        summaries = Summaries(base=base, finetuned=tuned, baselines=baselines)
+        scores = score_summaries(cfg, dialogues, summaries)
+        metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, summaries, scores)
+        _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
+        finish_run_folder(cfg, run_dir, checkpoint_dir)
+        _print_final_metrics(metrics)
+        rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
     log.info("run complete: %s", run_dir)
     publish_run(cfg, run_dir)
     distributed.cleanup()
@@ -104,7 +105,7 @@ class Summaries:
 def prepare_run(cfg: Config) -> tuple[Path, Hardware]:
     """Name the run, check what can fail before any data or weights load (rank 0; the other ranks follow it or are
     stopped with it), and detect the hardware."""
-    from job import distributed, modeling, preflight, rundir, secrets, training
+    from job import distributed, modeling, preflight, rundir, secrets, tracking, training
 
     training.check_fsdp(cfg, cuda=torch_cuda_available(), processes=runtime.world_size())  # every rank alike
     if cfg.output.run_name is None:
@@ -113,6 +114,7 @@ def prepare_run(cfg: Config) -> tuple[Path, Hardware]:
     token = secrets.resolve_hf_token()
     if runtime.is_main_process():  # one probe write, one Hub check
         preflight.check(cfg, token)
+        tracking.check(cfg)
     return run_dir, modeling.detect_hardware(cfg.model.compute_dtype)
 
 
