@@ -8,8 +8,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger("job")
 
 _SECRETS: set[str] = set()
@@ -71,6 +69,8 @@ def plain(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
+        import numpy as np  # here, not at the top: the launchers import the job's light modules without numpy
+
         return np.format_float_positional(value, unique=True, trim="-")
     return str(value)
 

@@ -158,7 +158,9 @@ def invalid_bucket_name(ctx: Context) -> Attempt:
     return Attempt(["output.uri=s3://My_Bucket/runs", f"output.local_dir={ctx.out}"])
 
 
-@case("unknown tracking URI", 2, r"output\.mlflow: 'mlflow\.example\.com:5000' is not a tracking URI: give http\(s\)://")
+@case(
+    "unknown tracking URI", 2, r"output\.mlflow: 'mlflow\.example\.com:5000' is not a tracking URI: give http\(s\)://"
+)
 def unknown_tracking_uri(ctx: Context) -> Attempt:
     return Attempt(["output.mlflow=mlflow.example.com:5000"])
 

@@ -16,6 +16,7 @@ from typing import Any
 from job import config as config_mod
 from job import memory
 from launch import catalog, service_model
+from launch import tracking as launch_tracking
 from launch.errors import LaunchError
 from launch.sagemaker import request as req
 
@@ -41,7 +42,7 @@ FIELD_FIXES = {
     "RoleArn": "fix --role",
     "HyperParameters": "the config values travel as hyperparameters: shorten or change that one",
     "Tags": f"fix --tags (a tag holds letters, digits, spaces and {' '.join('_.:/=+-@')} only)",
-    "Environment": "fix --hf-token-secret",
+    "Environment": "fix --hf-token-secret, --mlflow or --mlflow-secret",
     "ResourceConfig": "fix --instance, --instance-count or --volume-size",
     "StoppingCondition": "fix --max-run or --max-wait",
     "OutputDataConfig": "fix --output",
@@ -103,7 +104,7 @@ def _option_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--create-secret stores the local HF_TOKEN: set HF_TOKEN in this shell first")
     if args.output and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", args.output):
         problems.append(f"--output {args.output!r}: give s3://bucket/prefix")
-    return problems + _parse_tags(args.tags)[1]
+    return problems + _parse_tags(args.tags)[1] + launch_tracking.problems(args)
 
 
 def _gpu_checks(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
@@ -265,7 +266,7 @@ def make_plan(
         max_run_s=max_run,
         max_wait_s=min(max_wait, _hours(MAX_RUN_LIMIT_H)) if max_wait else None,
         volume_gb=DEFAULT_VOLUME_GB if args.volume_size is None else args.volume_size,
-        environment={req.SECRET_ENV: secret} if secret else {},
+        environment=({req.SECRET_ENV: secret} if secret else {}) | launch_tracking.environment(args),
         channels=channels,
         tags=tags,
     )
@@ -281,4 +282,9 @@ def refuse_secrets(request: Any) -> None:
     if any(token in text for token in local_tokens()):
         raise LaunchError(
             "the request would contain your HF_TOKEN (in a config value or tag); remove it and use --hf-token-secret"
+        )
+    if any(value in text for value in launch_tracking.local_credentials()):
+        raise LaunchError(
+            "the request would contain your MLflow credential (MLFLOW_TRACKING_TOKEN, _USERNAME or _PASSWORD); remove "
+            "it and use --mlflow-secret"
         )
