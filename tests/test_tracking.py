@@ -7,6 +7,7 @@ nothing here depends on signals or a process of its own."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -15,7 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from job import config as config_mod
 from job import logs, tracking
@@ -199,6 +202,31 @@ def test_output_mlflow_is_not_part_of_the_config_hash():
     tracked = config_mod.resolve("test", ["output.mlflow=http://127.0.0.1:5000", "output.mlflow_experiment=x"])
     assert plain.hash() == tracked.hash()
     assert plain.hash() != config_mod.resolve("test", ["lora.r=4"]).hash()
+
+
+def test_an_http_servers_credential_comes_from_secrets_manager_and_is_redacted(monkeypatch):
+    """What `launch sagemaker --mlflow-secret` sets up: the job reads the secret with its own credentials (moto)."""
+    password = "PLANTED-mlflow-password-0123"
+    for name in (*tracking.CREDENTIALS, "AWS_PROFILE"):
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(tracking.SECRET_ID_ENV, "team/mlflow")
+    monkeypatch.setattr(logs, "_SECRETS", set())
+    with mock_aws():
+        secret = {"MLFLOW_TRACKING_USERNAME": "alice-the-user", "MLFLOW_TRACKING_PASSWORD": password}
+        boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+            Name="team/mlflow", SecretString=json.dumps(secret)
+        )
+        assert tracking.resolve_credentials() == "AWS Secrets Manager (team/mlflow)"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == password  # where MLflow's client reads it
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice-the-user"
+    assert logs.redact(f"Authorization failed for {password}") == "Authorization failed for ***"
 
 
 def test_the_server_going_away_mid_run_never_stalls_training(server, tmp_path):
