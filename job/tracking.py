@@ -218,6 +218,7 @@ class Tracker:
         self.inbox: queue.Queue = queue.Queue()
         self.failed_at: float | None = None  # when the last call failed (None: the server answers)
         self.warned = False
+        self.ended = False
         self.thread = threading.Thread(target=self._loop, name="mlflow-tracking", daemon=True)
         self.thread.start()
 
@@ -235,6 +236,13 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED", wait_s: float = FINISH_WAIT_S) -> None:
         """Send what is left, the final figures and the artifacts (trying once more if that fails), and end."""
+        global _active
+        logs.remove_metrics_sink(self.log_metrics)
+        if _active is self:
+            _active = None
+        if self.ended:
+            return
+        self.ended = True
         self.inbox.put(("final", (self.run_dir, status)))
         self.thread.join(wait_s)
         if self.thread.is_alive() or not self.work.empty():
@@ -362,15 +370,21 @@ class _NotTracked:
         pass
 
 
+_active: Tracker | None = None
+"""The tracker of the run in progress in this process, which `ended_on_failure` ends when the run fails."""
+
+
 def start(cfg: Config, run_dir: Path) -> Tracker | _NotTracked:
-    """The tracker of this run (rank 0 only), fed by every `metrics:` line; a stand-in when nothing is tracked."""
+    """The tracker of this run (rank 0 only), fed by every `metrics:` line; a stand-in when nothing is tracked.
+    `finish()` ends it once the run folder is complete."""
+    global _active
     uri = check(cfg)
     if uri is None or not runtime.is_main_process():
         return _NotTracked()
     for name, value in CLIENT_SETTINGS.items():
         os.environ.setdefault(name, value)
     source = resolve_credentials()
-    tracker = Tracker(cfg, uri, run_dir)
+    _active = tracker = Tracker(cfg, uri, run_dir)
     logs.add_metrics_sink(tracker.log_metrics)
     log.info(
         "MLflow: tracking to %s, experiment %s%s",
@@ -382,20 +396,12 @@ def start(cfg: Config, run_dir: Path) -> Tracker | _NotTracked:
 
 
 @contextlib.contextmanager
-def tracked(cfg: Config, run_dir: Path) -> Iterator[None]:
-    """Track the run inside the block: it ends FINISHED with the final figures and artifacts, KILLED when SIGTERM
-    stopped it (a resume continues it), FAILED on any other error. Nothing here ever fails the run."""
-    tracker = start(cfg, run_dir)
+def ended_on_failure() -> Iterator[None]:
+    """A run tracked inside the block that fails ends KILLED when SIGTERM stopped it (a resume continues it), FAILED
+    on any other error; waiting `ABORT_WAIT_S` at most. Nothing here ever fails the run."""
     try:
         yield
     except BaseException as e:
-        status = "KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED"
-        _stop(tracker, status, ABORT_WAIT_S)
+        if _active is not None:
+            _active.finish("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED", ABORT_WAIT_S)
         raise
-    _stop(tracker, "FINISHED", FINISH_WAIT_S)
-
-
-def _stop(tracker: Tracker | _NotTracked, status: str, wait_s: float) -> None:
-    if isinstance(tracker, Tracker):
-        logs.remove_metrics_sink(tracker.log_metrics)
-    tracker.finish(status, wait_s)

@@ -39,7 +39,10 @@ def main(argv: list[str]) -> int:
     cfg = cli.resolve_config(args.config, overrides)
     if pinned:
         log.warning(pinned)
-    run_dir = run(cfg)
+    from job import tracking
+
+    with tracking.ended_on_failure():  # a run that fails or is stopped ends its MLflow run FAILED or KILLED
+        run_dir = run(cfg)
     if run_dir is not None:
         print(run_dir, flush=True)
     return 0
@@ -54,28 +57,29 @@ def run(cfg: Config) -> Path | None:
     run_dir, hw = prepare_run(cfg)
     splits, dialogues = load_data(cfg)
     create_run_folder(cfg, run_dir)
+    tracker = tracking.start(cfg, run_dir)  # MLflow, when output.mlflow or MLFLOW_TRACKING_URI names where
 
-    with tracking.tracked(cfg, run_dir):  # MLflow, when output.mlflow or MLFLOW_TRACKING_URI names where
-        loaded = load_model(cfg, run_dir, hw)
-        prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
-        baseline_ids = baseline_prompts(cfg, loaded, splits["train"], dialogues)  # one that cannot fit stops us here
-        base = summarize(cfg, loaded, prompt_ids, "base model summaries") if cfg.eval.base else None
-        baselines = {name: summarize(cfg, loaded, ids, f"{name} baseline") for name, ids in baseline_ids.items()}
+    loaded = load_model(cfg, run_dir, hw)
+    prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
+    baseline_ids = baseline_prompts(cfg, loaded, splits["train"], dialogues)  # one that cannot fit stops us here
+    base = summarize(cfg, loaded, prompt_ids, "base model summaries") if cfg.eval.base else None
+    baselines = {name: summarize(cfg, loaded, ids, f"{name} baseline") for name, ids in baseline_ids.items()}
 
-        checkpoint_dir = checkpoint_folder(cfg, run_dir)
-        loaded.model, result = fine_tune(cfg, loaded, splits, run_dir, checkpoint_dir)
-        tuned = summarize(cfg, loaded, prompt_ids, "fine-tuned summaries")
-        if not runtime.is_main_process():  # rank 0 scores, writes and publishes alone; the others wait in cleanup()
-            distributed.cleanup()
-            return None
+    checkpoint_dir = checkpoint_folder(cfg, run_dir)
+    loaded.model, result = fine_tune(cfg, loaded, splits, run_dir, checkpoint_dir)
+    tuned = summarize(cfg, loaded, prompt_ids, "fine-tuned summaries")
+    if not runtime.is_main_process():  # rank 0 scores, writes and publishes alone; the others wait for it in cleanup()
+        distributed.cleanup()
+        return None
 
-        summaries = Summaries(base=base, finetuned=tuned, baselines=baselines)
-        scores = score_summaries(cfg, dialogues, summaries)
-        metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, summaries, scores)
-        _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
-        finish_run_folder(cfg, run_dir, checkpoint_dir)
-        _print_final_metrics(metrics)
-        rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
+    summaries = Summaries(base=base, finetuned=tuned, baselines=baselines)
+    scores = score_summaries(cfg, dialogues, summaries)
+    metrics = run_metrics(cfg, run_dir, started_at, t0, loaded, result, dialogues, summaries, scores)
+    _write_results(run_dir, cfg, metrics, prediction_rows(dialogues, summaries), result.history)
+    finish_run_folder(cfg, run_dir, checkpoint_dir)
+    _print_final_metrics(metrics)
+    rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
+    tracker.finish()  # the final figures and the artifacts; a server that is away costs a warning, never the run
     log.info("run complete: %s", run_dir)
     publish_run(cfg, run_dir)
     distributed.cleanup()

@@ -184,14 +184,16 @@ def test_a_resumed_run_continues_the_same_mlflow_run(server, tmp_path):
     )
     run_dir = tmp_path / "resumed"
     run_dir.mkdir()
-    with pytest.raises(Interrupted), tracking.tracked(cfg, run_dir):
+    with pytest.raises(Interrupted), tracking.ended_on_failure():
+        tracking.start(cfg, run_dir)
         logs.emit_metrics({"step": 1, "loss": 2.0})
         raise Interrupted("stopped by SIGTERM at step 1")
     c = client(server)
     first = the_run(c, "resumed")
     assert first.info.status == "KILLED"
-    with tracking.tracked(cfg, run_dir):
-        logs.emit_metrics({"step": 2, "loss": 1.5})
+    tracker = tracking.start(cfg, run_dir)
+    logs.emit_metrics({"step": 2, "loss": 1.5})
+    tracker.finish()
     again = the_run(c, "resumed")
     assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
     assert [(m.step, m.value) for m in c.get_metric_history(again.info.run_id, "loss")] == [(1, 2.0), (2, 1.5)]
