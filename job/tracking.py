@@ -219,6 +219,7 @@ class Tracker:
         self.failed_at: float | None = None  # when the last call failed (None: the server answers)
         self.warned = False
         self.ended = False
+        self.final_sent = False
         self.thread = threading.Thread(target=self._loop, name="mlflow-tracking", daemon=True)
         self.thread.start()
 
@@ -339,11 +340,13 @@ class Tracker:
 
         metrics_file = run_dir / "metrics.json"
         if status == "FINISHED" and metrics_file.is_file():
-            stamp = int(time.time() * 1000)
-            figures = final_metrics(json.loads(metrics_file.read_text(encoding="utf-8")))
-            entries = [Metric(k, v, stamp, 0) for k, v in figures.items()]
-            for i in range(0, len(entries), BATCH):
-                self.client.log_batch(self.run_id, metrics=entries[i : i + BATCH])
+            if not self.final_sent:  # a retry after a failed upload sends the figures once only
+                stamp = int(time.time() * 1000)
+                figures = final_metrics(json.loads(metrics_file.read_text(encoding="utf-8")))
+                entries = [Metric(k, v, stamp, 0) for k, v in figures.items()]
+                for i in range(0, len(entries), BATCH):
+                    self.client.log_batch(self.run_id, metrics=entries[i : i + BATCH])
+                self.final_sent = True
             for name in ARTIFACT_FILES:
                 if (run_dir / name).is_file():
                     self.client.log_artifact(self.run_id, str(run_dir / name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -37,11 +38,14 @@ def free_port() -> int:
 
 
 class Server:
-    """`mlflow server` in a process of its own; `stop` ends it (it stays down for the rest of the module)."""
+    """`mlflow server` in a process group of its own (it starts uvicorn under it); `stop` ends the whole group, and
+    the server stays down for the rest of the module. Its background job runner (a dozen huey consumers, for
+    server-side jobs nothing here uses) is switched off."""
 
     def __init__(self, root: Path):
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.root = root
         self.log = open(root / "server.log", "wb")  # noqa: SIM115  closed in stop()
         self.proc = subprocess.Popen(
             [
@@ -53,11 +57,17 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=root,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            start_new_session=True,
         )
-        self.root = root
-        self.wait_until_up()
+        try:
+            self.wait_until_up()
+        except BaseException:
+            self.stop()
+            raise
 
-    def wait_until_up(self, timeout_s: float = 120.0) -> None:
+    def wait_until_up(self, timeout_s: float = 600.0) -> None:
+        """Seconds on an idle machine; minutes when the CPUs are shared by several test runs."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -71,13 +81,17 @@ class Server:
         raise RuntimeError(f"mlflow server did not answer in {timeout_s:.0f} s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)  # the group this server was started in, uvicorn with it
+            except ProcessLookupError:
+                break
             try:
                 self.proc.wait(20)
+                break
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                continue
+        self.proc.wait()
         self.log.close()
 
     @property
