@@ -331,6 +331,11 @@ class OutputConfig:
     """Also save the base model with the adapter merged in, in 16-bit safetensors (`merged/`), and publish it."""
     private: bool = True
     """Create Hub repositories as private."""
+    mlflow: str | None = None
+    """Track the run in MLflow: an `http(s)://` tracking server, a `file:` or `sqlite:` store, or a SageMaker MLflow
+    ARN. None: `MLFLOW_TRACKING_URI` where set, else no tracking (docs/tracking.md). Not part of the config hash."""
+    mlflow_experiment: str | None = None
+    """The MLflow experiment. None: `MLFLOW_EXPERIMENT_NAME` where set, else `dialogsum-qlora`."""
 
     @property
     def location(self) -> uri_mod.Location:
@@ -346,6 +351,8 @@ class OutputConfig:
         name = self.run_name
         if name is not None and (not name or "/" in name or name in (".", "..")):
             p.append(_rule("output.run_name", f"output.run_name must be a plain folder name, got {name!r}"))
+        if self.mlflow is not None and (problem := uri_mod.tracking_problem(self.mlflow)):
+            p.append(_rule("output.mlflow", f"output.mlflow: {problem}"))
         return p
 
 
@@ -415,9 +422,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def hash(self) -> str:
-        """8 hex digits identifying the resolved config, ignoring where the run is written."""
+        """8 hex digits identifying the resolved config, ignoring where the run is written and tracked."""
         d = self.to_dict()
-        d["output"] = {k: v for k, v in d["output"].items() if k not in ("uri", "run_name", "tensorboard_dir")}
+        d["output"] = {k: v for k, v in d["output"].items() if k not in OUTSIDE_HASH}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     @property
@@ -459,6 +466,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+OUTSIDE_HASH = ("uri", "run_name", "tensorboard_dir", "mlflow", "mlflow_experiment")
+"""The output keys that say where a run is written and tracked: two runs differing only in them are the same run."""
 
 
 class ConfigError(ValueError):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 log = logging.getLogger("job")
 
 _SECRETS: set[str] = set()
+_METRICS_SINKS: list[Callable[[dict[str, Any]], None]] = []
 
 
 class RedactSecrets(logging.Filter):
@@ -69,6 +69,8 @@ def plain(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
+        import numpy as np  # here, not at the top: the launchers import the job's light modules without numpy
+
         return np.format_float_positional(value, unique=True, trim="-")
     return str(value)
 
@@ -79,5 +81,18 @@ def metrics_line(values: dict[str, Any]) -> str:
 
 
 def emit_metrics(values: dict[str, Any]) -> None:
-    """Print a `metrics:` line to stdout (flushed): SageMaker metric definitions and consoles scrape these."""
+    """Print a `metrics:` line to stdout (flushed): SageMaker metric definitions and consoles scrape these; the same
+    values go to every sink (the MLflow tracker), under the same names."""
     print(metrics_line(values), flush=True)
+    for sink in list(_METRICS_SINKS):
+        sink({k: v for k, v in values.items() if v is not None})
+
+
+def add_metrics_sink(sink: Callable[[dict[str, Any]], None]) -> None:
+    """Also hand every `metrics:` line's values to `sink` (which must return at once and never raise)."""
+    _METRICS_SINKS.append(sink)
+
+
+def remove_metrics_sink(sink: Callable[[dict[str, Any]], None]) -> None:
+    if sink in _METRICS_SINKS:
+        _METRICS_SINKS.remove(sink)

@@ -73,6 +73,12 @@ def _from_secrets_manager() -> tuple[str | None, str]:
     secret_id = os.environ.get("HF_TOKEN_SECRET_ID", "").strip()
     if not secret_id:
         return None, ""
+    return _token_from_secret(secret_id, read_secret_string(secret_id, "HF_TOKEN_SECRET_ID")), secret_id
+
+
+def read_secret_string(secret_id: str, variable: str) -> str | None:
+    """The SecretString of a Secrets Manager secret (None for a binary one), read with the job's own AWS
+    credentials; `variable` names where the id came from in the error messages."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -86,19 +92,19 @@ def _from_secrets_manager() -> tuple[str | None, str]:
         response = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
-        raise AuthError(_secrets_manager_fix(secret_id, code)) from None
+        raise AuthError(_secrets_manager_fix(secret_id, code, variable)) from None
     except BotoCoreError as e:
         raise AuthError(
             f"cannot read secret {secret_id} from AWS Secrets Manager ({e.__class__.__name__}): the job needs AWS "
             "credentials, a region (AWS_REGION, or give the secret's ARN) and a route to Secrets Manager "
             "(a VPC endpoint or NAT inside a VPC)"
         ) from None
-    return _token_from_secret(secret_id, response.get("SecretString")), secret_id
+    return response.get("SecretString")
 
 
-def _secrets_manager_fix(secret_id: str, code: str) -> str:
+def _secrets_manager_fix(secret_id: str, code: str, variable: str) -> str:
     if code == "ResourceNotFoundException":
-        return f"secret {secret_id} (HF_TOKEN_SECRET_ID) does not exist in this account and region; check the id or ARN"
+        return f"secret {secret_id} ({variable}) does not exist in this account and region; check the id or ARN"
     if code in ("AccessDeniedException", "AccessDenied"):
         return (
             f"not allowed to read secret {secret_id}: grant the job's role secretsmanager:GetSecretValue on it "
@@ -130,20 +136,26 @@ def _token_from_secret(secret_id: str, text: str | None) -> str | None:
 def _from_kaggle() -> tuple[str | None, str]:
     if runtime.platform() != "kaggle":
         return None, ""
+    return kaggle_secret(SECRET_KEY, "for gated models"), ""
+
+
+def kaggle_secret(name: str, needed: str = "if this run needs it") -> str | None:
+    """The Kaggle user secret `name` attached to this notebook, or None (also when kaggle_secrets is missing)."""
     try:
         from kaggle_secrets import UserSecretsClient
     except ImportError:
         log.warning("on Kaggle but kaggle_secrets is not importable; skipping Kaggle secrets")
-        return None, ""
+        return None
     try:
-        return _clean(UserSecretsClient().get_secret(SECRET_KEY)), ""
+        return _clean(UserSecretsClient().get_secret(name))
     except Exception as e:  # the client raises bare exceptions for "not attached" and for network failures alike
         log.info(
-            "no Kaggle secret %s attached to this notebook (%s); attach it under Add-ons > Secrets for gated models",
-            SECRET_KEY,
+            "no Kaggle secret %s attached to this notebook (%s); attach it under Add-ons > Secrets %s",
+            name,
             e.__class__.__name__,
+            needed,
         )
-        return None, ""
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,7 +39,10 @@ def main(argv: list[str]) -> int:
     cfg = cli.resolve_config(args.config, overrides)
     if pinned:
         log.warning(pinned)
-    run_dir = run(cfg)
+    from job import tracking
+
+    with tracking.ended_on_failure():  # a run that fails or is stopped ends its MLflow run FAILED or KILLED
+        run_dir = run(cfg)
     if run_dir is not None:
         print(run_dir, flush=True)
     return 0
@@ -47,7 +50,7 @@ def main(argv: list[str]) -> int:
 
 def run(cfg: Config) -> Path | None:
     """The whole job; returns the run folder (None on the helper ranks of a torchrun job)."""
-    from job import distributed, rundir, watchdog
+    from job import distributed, rundir, tracking, watchdog
 
     started_at, t0 = rundir.now(), time.perf_counter()
     distributed.setup()
@@ -55,6 +58,7 @@ def run(cfg: Config) -> Path | None:
     splits, dialogues = load_data(cfg)
     create_run_folder(cfg, run_dir)
     watchdog.start(cfg.train.stall_minutes, run_dir)  # it watches training and generation (`summarize`)
+    tracker = tracking.start(cfg, run_dir)  # MLflow, when output.mlflow or MLFLOW_TRACKING_URI names where
 
     loaded = load_model(cfg, run_dir, hw)
     prompt_ids = generation_prompts(cfg, loaded.tokenizer, loaded.encoder_decoder, dialogues)
@@ -76,6 +80,7 @@ def run(cfg: Config) -> Path | None:
     finish_run_folder(cfg, run_dir, checkpoint_dir)
     _print_final_metrics(metrics, cfg)
     rundir.write_manifest(run_dir, cfg, started_at)  # last: a folder with a manifest is a complete run
+    tracker.finish()  # the final figures and the artifacts; a server that is away costs a warning, never the run
     log.info("run complete: %s", run_dir)
     publish_run(cfg, run_dir)
     distributed.cleanup()
@@ -105,7 +110,7 @@ class Summaries:
 def prepare_run(cfg: Config) -> tuple[Path, Hardware]:
     """Name the run, check what can fail before any data or weights load (rank 0; the other ranks follow it or are
     stopped with it), and detect the hardware."""
-    from job import distributed, modeling, preflight, rundir, secrets, training
+    from job import distributed, modeling, preflight, rundir, secrets, tracking, training
 
     training.check_fsdp(cfg, cuda=torch_cuda_available(), processes=runtime.world_size())  # every rank alike
     if cfg.output.run_name is None:
@@ -116,6 +121,7 @@ def prepare_run(cfg: Config) -> tuple[Path, Hardware]:
     token = secrets.resolve_hf_token()
     if runtime.is_main_process():  # one probe write, one Hub check
         preflight.check(cfg, token)
+        tracking.check(cfg)
     return run_dir, modeling.detect_hardware(cfg.model.compute_dtype)
 
 

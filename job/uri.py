@@ -1,4 +1,5 @@
-"""Where a run goes or comes from, parsed once: a local folder, `s3://bucket/prefix` or `hf://owner/repo`.
+"""Where a run goes or comes from, parsed once: a local folder, `s3://bucket/prefix` or `hf://owner/repo`; and the
+rule of an MLflow tracking URI (`output.mlflow`, `MLFLOW_TRACKING_URI`, the launchers' `--mlflow`).
 
 Every module that needs the bucket, the key prefix, the repo id or the local path of a URI asks `parse` for it
 instead of taking the string apart itself. Imports neither torch nor any cloud SDK (the launchers use it too).
@@ -6,6 +7,7 @@ instead of taking the string apart itself. Imports neither torch nor any cloud S
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -85,3 +87,36 @@ def parse(uri: str, what: str = "output.uri", revision: bool = False) -> Locatio
     if len([x for x in repo.split("/") if x]) != 2 or "//" in repo or "@" in repo or "@" in rev:
         raise LocationError(f"{what} {uri!r} must be hf://owner/repo" + ("[@revision]" if revision else ""))
     return Location(stripped, "hf", repo_id=repo, revision=rev)
+
+
+TRACKING_SCHEMES = ("http://", "https://", "file:", "sqlite:")
+SAGEMAKER_MLFLOW_ARN = re.compile(
+    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:mlflow-(tracking-server|app)/[A-Za-z0-9-]+$"
+)
+_USERINFO = re.compile(r"^(https?://)[^/@]*@")
+
+
+def tracking_problem(uri: str) -> str | None:
+    """What is wrong with an MLflow tracking URI, or None: an http(s) server (without a password in it), a `file:` or
+    `sqlite:` store, or a SageMaker MLflow ARN (a tracking server or an MLflow app)."""
+    if _USERINFO.match(uri) and ":" in uri.split("://", 1)[1].split("@", 1)[0]:
+        return (
+            f"{redact_userinfo(uri)} carries a password: leave it out of the URI and set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead, which are never logged"
+        )
+    if uri.startswith(TRACKING_SCHEMES) or SAGEMAKER_MLFLOW_ARN.match(uri):
+        return None
+    if uri.startswith("arn:"):
+        return (
+            f"{uri!r} is not a SageMaker MLflow ARN; it looks like "
+            "arn:aws:sagemaker:REGION:ACCOUNT:mlflow-tracking-server/NAME (or mlflow-app/ID)"
+        )
+    return (
+        f"{uri!r} is not a tracking URI: give http(s)://HOST:PORT, file:/path, sqlite:///path.db or a SageMaker "
+        "MLflow ARN"
+    )
+
+
+def redact_userinfo(uri: str) -> str:
+    """`https://user:secret@host` as `https://***@host`, for messages."""
+    return _USERINFO.sub(r"\1***@", uri)

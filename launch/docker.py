@@ -18,6 +18,7 @@ from pathlib import Path
 
 from job import config as config_mod
 from launch import cli as launch_cli
+from launch import tracking as launch_tracking
 from launch.errors import BadInput
 from launch.image import ENGINES, ImageError, choose_engine, default_tag
 
@@ -71,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--as-root", action="store_true", help="run as the image's root user instead of yours")
     p.add_argument("--run", action="store_true", help="run the command instead of only printing it")
+    launch_tracking.add_option(p)
     return p
 
 
@@ -163,6 +165,18 @@ def token_args(token_file: Path | None) -> list[str]:
     return []
 
 
+def tracking_args(args: argparse.Namespace) -> list[str]:
+    """`--mlflow` as the job's MLFLOW_TRACKING_URI; a credential set here goes by name only (`-e NAME`)."""
+    if problems := launch_tracking.problems(args):
+        raise BadInput(*problems)
+    uri = launch_tracking.uri_of(args)
+    if uri is None:
+        return []
+    return ["-e", f"{launch_tracking.job_tracking.URI_ENV}={uri}"] + [
+        arg for name in launch_tracking.credential_names() for arg in ("-e", name)
+    ]
+
+
 def gpu_count(text: str) -> str:
     if text == "all" or (text.isdigit() and int(text) >= 1):
         return text
@@ -210,7 +224,7 @@ def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> l
     # PyTorch's data loader workers share tensors through /dev/shm, which engines cap at 64 MB by default.
     cmd += ["--shm-size", "8g"]
     cmd += ["-v", f"{runs}:{RUNS_IN_CONTAINER}", "-v", f"{cache}:{HF_HOME_IN_CONTAINER}"]
-    cmd += volumes + token_args(args.hf_token_file)
+    cmd += volumes + token_args(args.hf_token_file) + tracking_args(args)
     cmd += [args.image, *torchrun_prefix(args.gpus, args.cpu), args.command]
     cmd += (["--config", config] if config else []) + job_args
     return cmd

@@ -159,6 +159,18 @@ def invalid_bucket_name(ctx: Context) -> Attempt:
 
 
 @case(
+    "unknown tracking URI", 2, r"output\.mlflow: 'mlflow\.example\.com:5000' is not a tracking URI: give http\(s\)://"
+)
+def unknown_tracking_uri(ctx: Context) -> Attempt:
+    return Attempt(["output.mlflow=mlflow.example.com:5000"])
+
+
+@case("password in the tracking URI", 2, r"output\.mlflow: https://\*\*\*@mlflow\.example\.com carries a password")
+def password_in_tracking_uri(ctx: Context) -> Attempt:
+    return Attempt(["output.mlflow=https://me:s3cr3t-pass@mlflow.example.com"])
+
+
+@case(
     "merge with method=full",
     2,
     r"output\.merge=true merges a LoRA adapter into the base model, but method=full trains every weight and saves "

@@ -15,6 +15,7 @@ from typing import Any
 from job import config as config_mod
 from launch import catalog, datareport
 from launch import cli as launch_cli
+from launch import tracking as launch_tracking
 from launch.errors import BadInput, Interrupted, LaunchError
 from launch.kaggle.client import (
     TERMINAL,
@@ -79,6 +80,7 @@ def push_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", action="store_true", help="follow the run, then fetch the run folder and print ROUGE")
     parser.add_argument("--folder", type=Path, help="where to write the kernel folder (default build/kaggle/SLUG)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="where fetched run folders go (default ./runs)")
+    launch_tracking.add_option(parser)
     return parser
 
 
@@ -127,6 +129,8 @@ def kernel_for(args: argparse.Namespace, api: Any | None) -> Kernel:
 def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
     args, overrides = push_parser().parse_known_args(argv)
     cfg = resolve(args, overrides)
+    if problems := launch_tracking.problems(args):
+        raise BadInput(*problems)
     warnings = check_shape(args.accelerator)
     if cfg.output.uri.startswith(("s3://", "hf://")):
         warnings.append(
@@ -139,7 +143,9 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
         check_resumable(api, kernel)
     local_cfg, cfg = cfg, for_kaggle(cfg, kernel)
     folder = args.folder or Path("build") / "kaggle" / kernel.slug
-    meta = write_kernel_folder(folder, cfg, kernel, args.accelerator, args.public, args.resume)
+    meta = write_kernel_folder(
+        folder, cfg, kernel, args.accelerator, args.public, args.resume, mlflow=launch_tracking.uri_of(args)
+    )
 
     hours = estimate_hours(cfg, args.accelerator)
     gpu, count = gpus(args.accelerator)
@@ -158,6 +164,12 @@ def cmd_push(argv: list[str], poll_interval: float = 30.0) -> int:
         print(
             f"{cfg.model.name} is a Hub model: if it is gated, attach the Kaggle secret HF_TOKEN to the kernel once "
             f"({kernel.url}/edit > Add-ons > Secrets); without it the kernel stops within seconds and says so"
+        )
+    if launch_tracking.uri_of(args):
+        print(
+            f"MLflow: the kernel tracks its run to {args.mlflow}; a server that needs a credential reads it from the "
+            f"Kaggle secrets {' or '.join(launch_tracking.job_tracking.CREDENTIALS)} ({kernel.url}/edit > Add-ons > "
+            "Secrets)"
         )
     if args.dry_run:
         for line in datareport.report_lines(local_cfg):

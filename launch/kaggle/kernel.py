@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 SETTINGS: dict[str, Any] = {}  # filled in by the launcher: kernel, run_name, model, resume, stop_after_s
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # SETTINGS["mlflow"], where given, reaches the job as this variable
 
 EXIT_AUTH = 4  # the job's exit code for credential problems (job.errors.AuthError)
 SECRET_NAME = "HF_TOKEN"
@@ -266,6 +267,17 @@ def record_session_limit(working: Path, run_name: str, status: int) -> None:
     say(f"stopped before the session limit; newest checkpoint: {newest}. Push again with --resume to continue.")
 
 
+def job_environment(src: Path, settings: dict[str, Any], token: str | None) -> dict[str, str]:
+    """The job's environment: the unpacked source on the path, the token, and the tracking URI of the settings (its
+    credential stays a Kaggle secret, which the job reads itself)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
+    if token:
+        env["HF_TOKEN"] = token
+    if settings.get("mlflow"):
+        env[TRACKING_ENV] = settings["mlflow"]
+    return env
+
+
 def run(payload: str, settings: dict[str, Any]) -> int:
     started = time.monotonic()
     kernel = settings["kernel"]
@@ -281,9 +293,7 @@ def run(payload: str, settings: dict[str, Any]) -> int:
     if settings.get("resume"):
         restore_checkpoints(kernel.split("/")[1], working / "checkpoints")
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
-    if token:
-        env["HF_TOKEN"] = token
+    env = job_environment(src, settings, token)
     command = job_command(src, settings, working, nproc)
     say("running: " + " ".join(command[1:]))
     status, stopped = run_job(command, src, env, stop_after_s(settings) - (time.monotonic() - started))

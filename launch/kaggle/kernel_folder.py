@@ -182,8 +182,16 @@ def code_file(cfg: config_mod.Config, settings: dict[str, Any]) -> str:
 
 
 def write_kernel_folder(
-    folder: Path, cfg: config_mod.Config, kernel: Kernel, shape: str, public: bool, resume: bool
+    folder: Path,
+    cfg: config_mod.Config,
+    kernel: Kernel,
+    shape: str,
+    public: bool,
+    resume: bool,
+    mlflow: str | None = None,
 ) -> dict[str, Any]:
+    """`mlflow`: the tracking URI the kernel hands the job (`MLFLOW_TRACKING_URI`); its credential, if any, is a
+    Kaggle secret the job reads itself."""
     meta = metadata_for(kernel, shape, public, resume)
     settings = {
         "kernel": kernel.ref,
@@ -191,6 +199,7 @@ def write_kernel_folder(
         "model": cfg.model.name,
         "resume": resume,
         "stop_after_s": STOP_AFTER_S,
+        **({"mlflow": mlflow} if mlflow else {}),
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

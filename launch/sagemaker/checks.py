@@ -16,6 +16,7 @@ from typing import Any
 from job import config as config_mod
 from job import memory
 from launch import catalog, service_model
+from launch import tracking as launch_tracking
 from launch.errors import LaunchError
 from launch.sagemaker import account, budget
 from launch.sagemaker import request as req
@@ -40,7 +41,7 @@ FIELD_FIXES = {
     "RoleArn": "fix --role",
     "HyperParameters": "the config values travel as hyperparameters: shorten or change that one",
     "Tags": f"fix --tags (a tag holds letters, digits, spaces and {' '.join('_.:/=+-@')} only)",
-    "Environment": "fix --hf-token-secret",
+    "Environment": "fix --hf-token-secret, --mlflow or --mlflow-secret",
     "ResourceConfig": "fix --instance, --instance-count, --volume-size or --volume-kms-key",
     "StoppingCondition": "fix --max-run or --max-wait",
     "OutputDataConfig": "fix --output or --kms-key",
@@ -111,7 +112,7 @@ def _option_problems(args: argparse.Namespace) -> list[str]:
         from launch.sagemaker import stage
 
         problems += [p for p in [stage.model_s3_problem(args.model_s3)] if p]
-    return problems + _parse_tags(args.tags)[1]
+    return problems + _parse_tags(args.tags)[1] + launch_tracking.problems(args)
 
 
 def _gpu_checks(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], list[str]]:
@@ -310,7 +311,9 @@ def make_plan(
         max_run_s=max_run,
         max_wait_s=max_wait,
         volume_gb=DEFAULT_VOLUME_GB if args.volume_size is None else args.volume_size,
-        environment=({req.SECRET_ENV: secret} if secret else {}) | account.environment(acct),
+        environment=({req.SECRET_ENV: secret} if secret else {})
+        | account.environment(acct)
+        | launch_tracking.environment(args),
         channels=channels,
         tags=tags,
         account=acct,
@@ -327,4 +330,9 @@ def refuse_secrets(request: Any) -> None:
     if any(token in text for token in local_tokens()):
         raise LaunchError(
             "the request would contain your HF_TOKEN (in a config value or tag); remove it and use --hf-token-secret"
+        )
+    if any(value in text for value in launch_tracking.local_credentials()):
+        raise LaunchError(
+            "the request would contain your MLflow credential (MLFLOW_TRACKING_TOKEN, _USERNAME or _PASSWORD); remove "
+            "it and use --mlflow-secret"
         )

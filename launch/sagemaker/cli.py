@@ -29,6 +29,7 @@ from job import config as config_mod
 from job import tables
 from launch import catalog, datareport, service_model
 from launch import cli as launch_cli
+from launch import tracking as launch_tracking
 from launch.errors import BadInput, Interrupted, LaunchError
 from launch.sagemaker import account, budget, stage
 from launch.sagemaker import follow as follow_mod
@@ -117,6 +118,7 @@ def submit_parser() -> argparse.ArgumentParser:
         help=f"weights staged by `{stage.COMMAND}`: the job reads them as its `model` channel, with no Hub token",
     )
     p.add_argument("--create-secret", action="store_true", help="store the local HF_TOKEN in --hf-token-secret first")
+    launch_tracking.add_option(p, secret_option=True)
     p.add_argument("--tags", nargs="+", default=[], metavar="KEY=VALUE", help="extra tags on the training job")
     p.add_argument("--name", help="job name prefix (default dialogsum-<config hash>); SageMaker adds a timestamp")
     p.add_argument(
@@ -237,10 +239,23 @@ def dry_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         _note(line)
     if args.create_secret:
         _note(f"would store the local HF_TOKEN in Secrets Manager secret {uses_secret(args)} ({region})")
+    tracking_notes(args, region)
     if not args.region:
         _note(f"region: {region} (pass --region to choose another)")
     _note("dry run: nothing was sent to AWS")
     return 0
+
+
+def tracking_notes(args: argparse.Namespace, region: str) -> None:
+    """Where the job tracks its run, and what its execution role needs for that."""
+    uri = launch_tracking.uri_of(args)
+    if not uri:
+        return
+    _note(f"MLflow: the job tracks its run to {uri} (Environment {launch_tracking.job_tracking.URI_ENV})")
+    policy = launch_tracking.role_policy(uri, region, getattr(args, "mlflow_secret", None))
+    if policy:
+        _note("the execution role needs these permissions for it (add them as an inline policy):")
+        _note(json.dumps(policy, indent=2))
 
 
 def code_channel_notes(plan: req.Plan, request: dict[str, Any]) -> None:
@@ -299,6 +314,7 @@ def submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     refuse_secrets([req.preview_request(plan, plan.base_job_name), plan.cfg.to_dict()])
     boto.events.register("provide-client-params.sagemaker.CreateTrainingJob", _refuse_secrets_handler)
     boto.events.register("provide-client-params.sagemaker.CreateTrainingJob", _check_request_handler)
+    tracking_notes(args, region)
     job_name = create_job(plan, session)
     print(f"submitted {job_name}")
     tag_run(boto.client("sagemaker"), job_name)
