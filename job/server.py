@@ -410,9 +410,8 @@ def create_app(service: Service):
     return app
 
 
-def run(sock, served, load: Callable[[], Any], limits: Limits) -> int:
-    """Serve on the bound socket until SIGTERM or SIGINT (in-flight requests finish first); a model that fails to
-    load stops the server and is reported as the job's error."""
+def make_server(served, load: Callable[[], Any], limits: Limits):
+    """The uvicorn server of the app and the service behind it; a model that fails to load stops the server."""
     import uvicorn
 
     service = Service(served, load, limits)
@@ -421,6 +420,13 @@ def run(sock, served, load: Callable[[], Any], limits: Limits) -> int:
     )
     server = uvicorn.Server(config)
     service.on_failure = lambda: setattr(server, "should_exit", True)
+    return server, service
+
+
+def run(sock, served, load: Callable[[], Any], limits: Limits) -> int:
+    """Serve on the bound socket until SIGTERM or SIGINT (in-flight requests finish first, then the process ends as
+    SIGTERM ends it); a model that fails to load is reported as the job's error."""
+    server, service = make_server(served, load, limits)
     host, port = sock.getsockname()[:2]
     log.info(
         "serving %s on http://%s:%d (loading the model; /ping answers 200 once it is loaded)", served.run, host, port

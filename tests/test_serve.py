@@ -1,0 +1,345 @@
+"""`python -m job serve`: SageMaker's inference contract on the shared finished run, served in-process by uvicorn on
+127.0.0.1 (a free port), with the real model, batching and limits; SIGTERM through a real `python -m job serve`
+process; the page in headless Chromium; an s3:// run through moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from job import serve, server
+from tests.conftest import REPO, job_env
+from tests.test_bad_inputs import run_in_process
+
+TRAIN_SPLIT = REPO / "job" / "builtin" / "train.jsonl"
+
+
+def predictions(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+def limits(**changes) -> server.Limits:
+    values = dict(
+        max_body_bytes=serve.MAX_BODY_BYTES,
+        max_dialogues=serve.MAX_DIALOGUES,
+        max_records=serve.MAX_RECORDS,
+        max_new_tokens=serve.MAX_NEW_TOKENS_CAP,
+        max_wait_s=serve.MAX_WAIT_MS / 1000,
+    )
+    return server.Limits(**{**values, **changes})
+
+
+class Live:
+    """`job serve`'s server in a thread of this process, on a port of its own."""
+
+    def __init__(self, run_dir: Path, batch_size: int | None = None, **limit_changes):
+        cfg, served = serve.describe(run_dir)
+        if batch_size:
+            served.batch_size = batch_size
+        self.sock = serve.bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server, self.service = server.make_server(
+            served, lambda: serve.Model(run_dir, cfg), limits(**limit_changes)
+        )
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> Live:
+        self.thread.start()
+        wait_ready(self.url)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def wait_ready(url: str, timeout: float = 180, proc: subprocess.Popen | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}")
+        try:
+            r = httpx.get(f"{url}/ping", timeout=5)
+            if r.status_code == 200:
+                return r.json()
+            assert r.status_code == 503 and r.json()["status"] == "loading", r.text
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url}/ping did not answer 200 within {timeout} s")
+
+
+def invoke(url: str, body, content_type: str = "application/json", timeout: float = 300) -> httpx.Response:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(f"{url}/invocations", content=data, headers={"Content-Type": content_type}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def live(trained_run):
+    with Live(trained_run.dir) as running:
+        yield running
+
+
+def test_ping_and_invocations_follow_the_contract(live, trained_run):
+    """JSON in and out, ids echoed, the base model by switching the adapter off, JSON Lines in order: each summary
+    the one the run's evaluation wrote to predictions.jsonl."""
+    ping = httpx.get(f"{live.url}/ping").json()
+    assert ping["status"] == "ok" and ping["run"] == "shared" and ping["dtype"] == "float32" and ping["base"]
+    rows = predictions(trained_run.dir)
+    one = invoke(live.url, {"dialogue": rows[0]["dialogue"], "id": "x"}).json()
+    assert set(one) == {"summaries", "model", "dtype", "run", "seconds"}
+    assert (one["model"], one["dtype"], one["run"]) == ("finetuned", "float32", "shared")
+    [answer] = one["summaries"]
+    assert answer["id"] == "x" and answer["summary"] == rows[0]["finetuned"]
+    assert answer["prompt_tokens"] > 0 and 0 < answer["new_tokens"] <= 24
+
+    many = invoke(live.url, {"dialogues": [r["dialogue"] for r in rows], "model": "base"}).json()
+    assert many["model"] == "base"
+    assert [s["id"] for s in many["summaries"]] == list(range(len(rows)))
+    assert [s["summary"] for s in many["summaries"]] == [r["base"] for r in rows]
+
+    lines = "".join(json.dumps({"id": r["id"], "dialogue": r["dialogue"]}) + "\n" for r in rows)
+    r = invoke(live.url, lines, "application/jsonlines")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/jsonlines")
+    out = [json.loads(line) for line in r.text.splitlines()]
+    assert [o["id"] for o in out] == [row["id"] for row in rows]
+    assert [o["summary"] for o in out] == [row["finetuned"] for row in rows]
+    assert all(o["model"] == "finetuned" and o["new_tokens"] > 0 for o in out)
+
+
+def test_64_concurrent_requests_get_job_predicts_summaries(live, trained_run, tmp_path):
+    """64 clients at once, one dialogue each: every answer arrives, equal to `job predict`'s summary, and the
+    server generated them in shared batches."""
+    unique = dict.fromkeys(json.loads(line)["dialogue"] for line in TRAIN_SPLIT.read_text().splitlines())
+    dialogues = list(unique)[:64]
+    assert len(dialogues) == 64
+    source = tmp_path / "dialogues.jsonl"
+    source.write_text("".join(json.dumps({"id": str(k), "dialogue": d}) + "\n" for k, d in enumerate(dialogues)))
+    done = run_in_process(
+        ["predict", "--run", str(trained_run.dir), "--input", str(source), "--output", str(tmp_path / "out.jsonl"),
+         "--max-new-tokens", "8"],  # fmt: skip
+        job_env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = [json.loads(line)["summary"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+
+    before = live.service.batcher.batches
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(lambda k: invoke(live.url, {"dialogue": dialogues[k], "id": k, "max_new_tokens": 8}), range(64)))
+    assert [a.status_code for a in answers] == [200] * 64
+    got = [a.json()["summaries"][0] for a in answers]
+    assert [g["id"] for g in got] == list(range(64))
+    assert [g["summary"] for g in got] == expected
+    assert live.service.batcher.batches - before < 64  # batched together, not one by one
+
+
+BIG = "#Person1#: " + "word " * (7 * 2**20 // 5)
+
+BAD = [
+    ("malformed JSON", "application/json", b'{"dialogue": "hi"', 400, "not JSON (Expecting"),
+    ("not an object", "application/json", b'["hi"]', 400, "a JSON object is expected, got list"),
+    ("no dialogue", "application/json", b'{"text": "hi"}', 400, 'no dialogue: send {"dialogue": "..."}'),
+    ("empty dialogue", "application/json", b'{"dialogue": "  "}', 400, "dialogue is empty"),
+    ("dialogue not text", "application/json", b'{"dialogue": 42}', 400, "dialogue must be a string, got int"),
+    ("dialogues not a list", "application/json", b'{"dialogues": "hi"}', 400, "dialogues must be a non-empty list"),
+    ("empty in dialogues", "application/json", b'{"dialogues": ["hi", ""]}', 400, "dialogues[1] is empty"),
+    ("ids of another length", "application/json", b'{"dialogues": ["hi"], "ids": [1, 2]}', 400, "ids must be a list"),
+    ("both", "application/json", b'{"dialogue": "a", "dialogues": ["b"]}', 400, "either dialogue or dialogues"),
+    (
+        "too many dialogues",
+        "application/json",
+        json.dumps({"dialogues": ["hi"] * 33}).encode(),
+        400,
+        "33 dialogues in one request; at most 32",
+    ),
+    ("max_new_tokens text", "application/json", b'{"dialogue": "a", "max_new_tokens": "9"}', 400, "from 1 to 512"),
+    ("max_new_tokens over cap", "application/json", b'{"dialogue": "a", "max_new_tokens": 513}', 400, "got 513"),
+    ("unknown model", "application/json", b'{"dialogue": "a", "model": "gpt"}', 400, 'model must be "finetuned"'),
+    ("not UTF-8", "application/json", b'{"dialogue": "caf\xe9"}', 400, "the body is not UTF-8 (byte 17)"),
+    ("body over 6 MB", "application/json", json.dumps({"dialogue": BIG}).encode(), 413, "the body is over 6 MB"),
+    ("no content type", "", b'{"dialogue": "a"}', 415, "Content-Type (none) is not served"),
+    ("text/csv", "text/csv", b"a,b", 415, "Content-Type text/csv is not served"),
+    ("JSON Lines bad line", "application/jsonlines", b'{"dialogue": "a"}\nnope\n', 400, "line 2: not JSON"),
+    ("JSON Lines blank line", "application/jsonlines", b'{"dialogue": "a"}\n\n{"dialogue": "b"}', 400, "line 2: empty"),
+    ("JSON Lines no dialogue", "application/jsonlines", b'{"id": 1}\n', 400, "line 1: no dialogue"),
+    ("JSON Lines empty body", "application/jsonlines", b"", 400, "the body holds no lines"),
+]
+
+
+def test_every_bad_input_gets_its_4xx_and_the_server_keeps_serving(live):
+    good = {"dialogue": "#Person1#: Is the shop open?\n#Person2#: Until nine.", "max_new_tokens": 4}
+    for what, content_type, body, status, message in BAD:
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = httpx.post(f"{live.url}/invocations", content=body, headers=headers, timeout=60)
+        assert r.status_code == status, (what, r.text)
+        error = r.json()["error"]
+        assert message in error and "\n" not in error, (what, error)
+        assert invoke(live.url, good).status_code == 200, what
+    r = httpx.get(f"{live.url}/invocations")
+    assert r.status_code == 405 and "GET /invocations is not served" in r.json()["error"]
+    r = httpx.get(f"{live.url}/nowhere")
+    assert r.status_code == 404 and "no /nowhere here" in r.json()["error"]
+
+
+def test_ping_answers_within_2_s_during_a_long_batch(trained_run):
+    """Generation runs on the worker thread: /ping stays quick while a full batch generates 160 tokens each."""
+    rows = predictions(trained_run.dir)
+    with Live(trained_run.dir, batch_size=8, max_wait_s=0.0) as running:
+        body = {"dialogues": [r["dialogue"] for r in rows] * 2, "max_new_tokens": 160}
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(invoke, running.url, body)
+            deadline = time.monotonic() + 60
+            while running.service.batcher.batches == 0 and not pending.done() and time.monotonic() < deadline:
+                took = time.perf_counter()
+                r = httpx.get(f"{running.url}/ping", timeout=10)
+                took = time.perf_counter() - took
+                assert r.status_code == 200 and took < 2, took
+                time.sleep(0.2)
+            assert pending.result().status_code == 200
+
+
+def test_sigterm_during_a_request_answers_it_then_exits(trained_run):
+    """A real `python -m job serve`: SIGTERM while a request generates; the request still gets its summaries, then
+    the server ends as SIGTERM ends the job (143)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "job", "serve", "--run", str(trained_run.dir), "--port", "0"],
+        env=job_env(),
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = None
+        for line in proc.stderr:
+            if "serving shared on http://" in line:
+                url = line.split(" on ", 1)[1].split()[0]
+                break
+        assert url, "no serving line"
+        lines = []
+        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+        wait_ready(url, proc=proc)
+        rows = predictions(trained_run.dir)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(invoke, url, {"dialogues": [r["dialogue"] for r in rows], "max_new_tokens": 96})
+            time.sleep(1.0)
+            assert not pending.done(), "the request ended before SIGTERM; make it longer"
+            proc.send_signal(signal.SIGTERM)
+            answer = pending.result(timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["summaries"]) == len(rows)
+        assert proc.wait(60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_refuses_an_incomplete_run_or_one_without_weights(trained_run, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(trained_run.dir, unfinished, ignore=shutil.ignore_patterns("tensorboard", "base_model"))
+    (unfinished / "manifest.json").unlink()
+    done = run_in_process(["serve", "--run", str(unfinished)], job_env())
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error (config): --run {unfinished} has no manifest.json: the run did not finish (or its upload did not); "
+        "resume or publish it, or pass a finished run"
+    )
+    empty = tmp_path / "empty"
+    shutil.copytree(trained_run.dir, empty, ignore=shutil.ignore_patterns("tensorboard", "base_model", "adapter"))
+    done = run_in_process(["serve", "--run", str(empty)], job_env())
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error (config): --run {empty} holds neither an adapter (adapter/) nor a model (model/): nothing to serve; "
+        "pass the folder of a finished run"
+    )
+    done = run_in_process(["serve", "--run", str(trained_run.dir), "--merged"], job_env())
+    assert done.returncode == 2 and "--merged: " in done.stderr and "has no merged model" in done.stderr
+    done = run_in_process(["serve"], {**job_env(), "SM_MODEL_DIR": str(tmp_path / "nothing")})
+    assert done.returncode == 2 and f"no --run given and {tmp_path / 'nothing'}" in done.stderr
+
+
+def test_a_port_in_use_is_one_line(trained_run):
+    taken = serve.bind("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        done = run_in_process(["serve", "--run", str(trained_run.dir), "--port", str(port)], job_env())
+    finally:
+        taken.close()
+    assert done.returncode == 6
+    assert f"error (resources): cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
+
+
+def test_an_s3_run_is_fetched_as_its_manifest_lists_it(trained_run, tmp_path, monkeypatch):
+    """moto in-process: the run's serving files come down and are checked; checkpoints and TensorBoard stay."""
+    from moto import mock_aws
+
+    from job.errors import ConfigInputError
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="serve-runs")
+        for path in trained_run.dir.rglob("*"):
+            if path.is_file():
+                client.upload_file(str(path), "serve-runs", f"runs/shared/{path.relative_to(trained_run.dir)}")
+        folder = serve.resolve_run("s3://serve-runs/runs/shared", tmp_path / "dl")
+        assert (folder / "adapter" / "adapter_config.json").is_file() and (folder / "manifest.json").is_file()
+        assert not (folder / "tensorboard").exists() and not (folder / "loss.png").exists()
+        assert serve.describe(folder)[1].run == "shared"
+        client.delete_object(Bucket="serve-runs", Key="runs/shared/manifest.json")
+        with pytest.raises(ConfigInputError, match="s3://serve-runs/runs/shared has no manifest.json"):
+            serve.resolve_run("s3://serve-runs/runs/shared", tmp_path / "dl2")
+
+
+def chromium() -> tuple[str, str] | None:
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    return found if all(found) else None
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium and chromium-driver are not installed")
+def test_the_page_shows_both_summaries_in_headless_chromium(live, trained_run, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser, driver_path = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.set_window_size(1280, 900)
+        driver.get(live.url + "/")
+        assert "ROUGE-1" in driver.find_element(By.TAG_NAME, "table").text
+        Select(driver.find_element(By.ID, "sample")).select_by_value("0")
+        driver.find_element(By.ID, "summarize").click()
+        WebDriverWait(driver, 120).until(lambda d: d.find_element(By.ID, "status").text == "done")
+        row = predictions(trained_run.dir)[0]
+        shown = "return document.getElementById(arguments[0]).textContent"
+        assert driver.execute_script(shown, "finetuned") == row["finetuned"]
+        assert driver.execute_script(shown, "base") == row["base"]
+        shot = tmp_path / "serve-page.png"
+        driver.save_screenshot(str(shot))
+        print(f"screenshot: {shot}")
+        assert shot.stat().st_size > 0
+    finally:
+        driver.quit()
