@@ -347,6 +347,43 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class InThread:
+    """The server of a local run in a thread of this process, on a free port of 127.0.0.1 (tests, benchmarks):
+    `with InThread(run_dir) as s:` returns once /ping answers 200; `s.url`, `s.service` (the batcher's counts)."""
+
+    def __init__(self, run_dir: Path, batch_size: int | None = None, **limits: Any):
+        import threading
+
+        from job import server
+
+        cfg, served = describe(run_dir)
+        served.batch_size = batch_size or served.batch_size
+        defaults = dict(
+            max_body_bytes=MAX_BODY_BYTES, max_dialogues=MAX_DIALOGUES, max_records=MAX_RECORDS,
+            max_new_tokens=MAX_NEW_TOKENS_CAP, max_wait_s=MAX_WAIT_MS / 1000,
+        )  # fmt: skip
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server, self.service = server.make_server(
+            served, lambda: Model(run_dir, cfg), server.Limits(**{**defaults, **limits})
+        )
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> InThread:
+        import time
+
+        self.thread.start()
+        while self.service.model is None:
+            if self.service.error is not None:
+                raise self.service.error
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from job import secrets, server

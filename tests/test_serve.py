@@ -5,7 +5,6 @@ process; the page in headless Chromium; an s3:// run through moto."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from job import serve, server
+from job import serve
 from tests.conftest import REPO, job_env
 from tests.test_bad_inputs import run_in_process
 
@@ -27,41 +26,6 @@ TRAIN_SPLIT = REPO / "job" / "builtin" / "train.jsonl"
 
 def predictions(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-
-
-def limits(**changes) -> server.Limits:
-    values = dict(
-        max_body_bytes=serve.MAX_BODY_BYTES,
-        max_dialogues=serve.MAX_DIALOGUES,
-        max_records=serve.MAX_RECORDS,
-        max_new_tokens=serve.MAX_NEW_TOKENS_CAP,
-        max_wait_s=serve.MAX_WAIT_MS / 1000,
-    )
-    return server.Limits(**{**values, **changes})
-
-
-class Live:
-    """`job serve`'s server in a thread of this process, on a port of its own."""
-
-    def __init__(self, run_dir: Path, batch_size: int | None = None, **limit_changes):
-        cfg, served = serve.describe(run_dir)
-        if batch_size:
-            served.batch_size = batch_size
-        self.sock = serve.bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server, self.service = server.make_server(
-            served, lambda: serve.Model(run_dir, cfg), limits(**limit_changes)
-        )
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> Live:
-        self.thread.start()
-        wait_ready(self.url)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def wait_ready(url: str, timeout: float = 180, proc: subprocess.Popen | None = None) -> dict:
@@ -87,7 +51,7 @@ def invoke(url: str, body, content_type: str = "application/json", timeout: floa
 
 @pytest.fixture(scope="module")
 def live(trained_run):
-    with Live(trained_run.dir) as running:
+    with serve.InThread(trained_run.dir) as running:
         yield running
 
 
@@ -127,8 +91,17 @@ def test_64_concurrent_requests_get_job_predicts_summaries(live, trained_run, tm
     source = tmp_path / "dialogues.jsonl"
     source.write_text("".join(json.dumps({"id": str(k), "dialogue": d}) + "\n" for k, d in enumerate(dialogues)))
     done = run_in_process(
-        ["predict", "--run", str(trained_run.dir), "--input", str(source), "--output", str(tmp_path / "out.jsonl"),
-         "--max-new-tokens", "8"],  # fmt: skip
+        [
+            "predict",
+            "--run",
+            str(trained_run.dir),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--max-new-tokens",
+            "8",
+        ],  # fmt: skip
         job_env(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -136,7 +109,9 @@ def test_64_concurrent_requests_get_job_predicts_summaries(live, trained_run, tm
 
     before = live.service.batcher.batches
     with ThreadPoolExecutor(64) as pool:
-        answers = list(pool.map(lambda k: invoke(live.url, {"dialogue": dialogues[k], "id": k, "max_new_tokens": 8}), range(64)))
+        answers = list(
+            pool.map(lambda k: invoke(live.url, {"dialogue": dialogues[k], "id": k, "max_new_tokens": 8}), range(64))
+        )
     assert [a.status_code for a in answers] == [200] * 64
     got = [a.json()["summaries"][0] for a in answers]
     assert [g["id"] for g in got] == list(range(64))
@@ -195,7 +170,7 @@ def test_every_bad_input_gets_its_4xx_and_the_server_keeps_serving(live):
 def test_ping_answers_within_2_s_during_a_long_batch(trained_run):
     """Generation runs on the worker thread: /ping stays quick while a full batch generates 160 tokens each."""
     rows = predictions(trained_run.dir)
-    with Live(trained_run.dir, batch_size=8, max_wait_s=0.0) as running:
+    with serve.InThread(trained_run.dir, batch_size=8, max_wait_s=0.0) as running:
         body = {"dialogues": [r["dialogue"] for r in rows] * 2, "max_new_tokens": 160}
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(invoke, running.url, body)
