@@ -5,6 +5,7 @@ process; the page in headless Chromium; an s3:// run through moto."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -121,35 +122,43 @@ def test_64_concurrent_requests_get_job_predicts_summaries(live, trained_run, tm
 
 BIG = "#Person1#: " + "word " * (7 * 2**20 // 5)
 
-BAD = [
-    ("malformed JSON", "application/json", b'{"dialogue": "hi"', 400, "not JSON (Expecting"),
-    ("not an object", "application/json", b'["hi"]', 400, "a JSON object is expected, got list"),
-    ("no dialogue", "application/json", b'{"text": "hi"}', 400, 'no dialogue: send {"dialogue": "..."}'),
-    ("empty dialogue", "application/json", b'{"dialogue": "  "}', 400, "dialogue is empty"),
-    ("dialogue not text", "application/json", b'{"dialogue": 42}', 400, "dialogue must be a string, got int"),
-    ("dialogues not a list", "application/json", b'{"dialogues": "hi"}', 400, "dialogues must be a non-empty list"),
-    ("empty in dialogues", "application/json", b'{"dialogues": ["hi", ""]}', 400, "dialogues[1] is empty"),
-    ("ids of another length", "application/json", b'{"dialogues": ["hi"], "ids": [1, 2]}', 400, "ids must be a list"),
-    ("both", "application/json", b'{"dialogue": "a", "dialogues": ["b"]}', 400, "either dialogue or dialogues"),
-    (
-        "too many dialogues",
-        "application/json",
-        json.dumps({"dialogues": ["hi"] * 33}).encode(),
-        400,
-        "33 dialogues in one request; at most 32",
-    ),
-    ("max_new_tokens text", "application/json", b'{"dialogue": "a", "max_new_tokens": "9"}', 400, "from 1 to 512"),
-    ("max_new_tokens over cap", "application/json", b'{"dialogue": "a", "max_new_tokens": 513}', 400, "got 513"),
-    ("unknown model", "application/json", b'{"dialogue": "a", "model": "gpt"}', 400, 'model must be "finetuned"'),
-    ("not UTF-8", "application/json", b'{"dialogue": "caf\xe9"}', 400, "the body is not UTF-8 (byte 17)"),
-    ("body over 6 MB", "application/json", json.dumps({"dialogue": BIG}).encode(), 413, "the body is over 6 MB"),
-    ("no content type", "", b'{"dialogue": "a"}', 415, "Content-Type (none) is not served"),
-    ("text/csv", "text/csv", b"a,b", 415, "Content-Type text/csv is not served"),
-    ("JSON Lines bad line", "application/jsonlines", b'{"dialogue": "a"}\nnope\n', 400, "line 2: not JSON"),
-    ("JSON Lines blank line", "application/jsonlines", b'{"dialogue": "a"}\n\n{"dialogue": "b"}', 400, "line 2: empty"),
-    ("JSON Lines no dialogue", "application/jsonlines", b'{"id": 1}\n', 400, "line 1: no dialogue"),
-    ("JSON Lines empty body", "application/jsonlines", b"", 400, "the body holds no lines"),
-]
+J, JL = "application/json", "application/jsonlines"
+BAD = [  # docs/bad-inputs.md#serving, word for word
+    ("malformed JSON", J, b'{"dialogue": "hi"', 400,
+     "not JSON (Expecting ',' delimiter at line 1 column 18); send a JSON object"),
+    ("not an object", J, b'["hi"]', 400, "a JSON object is expected, got list"),
+    ("no dialogue", J, b'{"text": "hi"}', 400, 'no dialogue: send {"dialogue": "..."} or {"dialogues": ["...", ...]}'),
+    ("empty dialogue", J, b'{"dialogue": "  "}', 400, "dialogue is empty; send the dialogue's text"),
+    ("dialogue not text", J, b'{"dialogue": 42}', 400, "dialogue must be a string, got int; send the dialogue as text"),
+    ("dialogues not a list", J, b'{"dialogues": "hi"}', 400, "dialogues must be a non-empty list of strings"),
+    ("an empty one in dialogues", J, b'{"dialogues": ["hi", ""]}', 400, "dialogues[1] is empty; send the dialogue's text"),
+    ("ids of another length", J, b'{"dialogues": ["hi"], "ids": [1, 2]}', 400,
+     "ids must be a list as long as dialogues (1)"),
+    ("dialogue and dialogues", J, b'{"dialogue": "a", "dialogues": ["b"]}', 400,
+     "give either dialogue or dialogues, not both"),
+    ("too many dialogues", J, json.dumps({"dialogues": ["hi"] * 33}).encode(), 400,
+     "33 dialogues in one request; at most 32 (split them, or use application/jsonlines for larger batches)"),
+    ("max_new_tokens not a number", J, b'{"dialogue": "a", "max_new_tokens": "9"}', 400,
+     'max_new_tokens must be a whole number from 1 to 512, got "9"'),
+    ("max_new_tokens out of range", J, b'{"dialogue": "a", "max_new_tokens": 513}', 400,
+     "max_new_tokens must be a whole number from 1 to 512, got 513"),
+    ("unknown model", J, b'{"dialogue": "a", "model": "gpt"}', 400, 'model must be "finetuned" or "base", got "gpt"'),
+    ("not UTF-8", J, b'{"dialogue": "caf\xe9"}', 400, "the body is not UTF-8 (byte 17); encode the request as UTF-8"),
+    ("body over 6 MB", J, json.dumps({"dialogue": BIG}).encode(), 413,
+     "the body is over 6 MB; send fewer dialogues per request"),
+    ("no Content-Type", "", b'{"dialogue": "a"}', 415,
+     "Content-Type (none) is not served; send application/json or application/jsonlines"),
+    ("another Content-Type", "text/csv", b"a,b", 415,
+     "Content-Type text/csv is not served; send application/json or application/jsonlines"),
+    ("JSON Lines: a line not JSON", JL, b'{"dialogue": "a"}\nnope\n', 400,
+     "line 2: not JSON (Expecting value at line 1 column 1); send a JSON object"),
+    ("JSON Lines: a blank line", JL, b'{"dialogue": "a"}\n\n{"dialogue": "b"}', 400,
+     "line 2: empty; send one JSON object per line"),
+    ("JSON Lines: no dialogue", JL, b'{"id": 1}\n', 400, 'line 1: no dialogue: send {"id": ..., "dialogue": "..."}'),
+    ("JSON Lines: too many lines", JL, b'{"dialogue": "a"}\n' * 1001, 400,
+     "1001 lines in one request; at most 1000 (lower MaxPayloadInMB or split)"),
+    ("JSON Lines: empty body", JL, b"", 400, "the body holds no lines; send one JSON object per line"),
+]  # fmt: skip
 
 
 def test_every_bad_input_gets_its_4xx_and_the_server_keeps_serving(live):
@@ -158,13 +167,52 @@ def test_every_bad_input_gets_its_4xx_and_the_server_keeps_serving(live):
         headers = {"Content-Type": content_type} if content_type else {}
         r = httpx.post(f"{live.url}/invocations", content=body, headers=headers, timeout=60)
         assert r.status_code == status, (what, r.text)
-        error = r.json()["error"]
-        assert message in error and "\n" not in error, (what, error)
+        assert r.json() == {"error": message}, what
         assert invoke(live.url, good).status_code == 200, what
     r = httpx.get(f"{live.url}/invocations")
-    assert r.status_code == 405 and "GET /invocations is not served" in r.json()["error"]
+    assert (r.status_code, r.json()) == (
+        405, {"error": "GET /invocations is not served; see GET /ping and POST /invocations"}
+    )  # fmt: skip
     r = httpx.get(f"{live.url}/nowhere")
-    assert r.status_code == 404 and "no /nowhere here" in r.json()["error"]
+    assert (r.status_code, r.json()) == (
+        404, {"error": "no /nowhere here; the server answers GET /ping, POST /invocations and GET /"}
+    )  # fmt: skip
+
+
+def test_loading_and_runs_without_an_adapter_get_their_own_answers(trained_run):
+    """Before the model is ready: /ping and /invocations answer 503; a model that fails to load says so on /ping.
+    `model: base` where there is no adapter to switch off (a full run) is refused."""
+    from starlette.testclient import TestClient
+
+    from job import server
+    from job.errors import ConfigInputError
+
+    release = threading.Event()
+
+    def load():
+        release.wait(30)
+        raise ConfigInputError("no weights")
+
+    _, served = serve.describe(trained_run.dir)
+    service = server.Service(served, load, server.Limits(6 * 2**20, 32, 1000, 512, 0.0))
+    with TestClient(server.create_app(service)) as client:
+        assert client.get("/ping").status_code == 503 and client.get("/ping").json()["status"] == "loading"
+        r = client.post("/invocations", json={"dialogue": "a"})
+        assert (r.status_code, r.json()) == (
+            503,
+            {"error": "the model is still loading; retry once GET /ping answers 200"},
+        )
+        release.set()
+        deadline = time.monotonic() + 10
+        while service.error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/ping").json()["status"] == "failed"
+    served.method, served.adapter = "full", False
+    with pytest.raises(server.BadRequest) as refused:
+        server.parse_json('{"dialogue": "a", "model": "base"}', served, service.limits)
+    assert (refused.value.status, str(refused.value)) == (
+        400, 'model "base": this server has no adapter to switch off (full run); leave out model'
+    )  # fmt: skip
 
 
 def test_ping_answers_within_2_s_during_a_long_batch(trained_run):
@@ -318,3 +366,53 @@ def test_the_page_shows_both_summaries_in_headless_chromium(live, trained_run, t
         assert shot.stat().st_size > 0
     finally:
         driver.quit()
+
+
+def test_the_image_entrypoint_binds_serve_to_all_interfaces(tmp_path):
+    """SageMaker reaches the container from outside: `serve` gets --host 0.0.0.0 unless it names a host; other
+    commands pass through unchanged (a stand-in `job` package, first on the path, prints what it was given)."""
+    stand_in = tmp_path / "job"
+    stand_in.mkdir()
+    (stand_in / "__init__.py").write_text("")
+    (stand_in / "runtime.py").write_text("def exit_on_sigterm():\n    pass\n")
+    (stand_in / "__main__.py").write_text("import sys\nprint(sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    entrypoint = [sys.executable, str(REPO / "container" / "entrypoint.py")]
+    for args, seen in (
+        (["serve"], "['serve', '--host', '0.0.0.0']"),
+        (["serve", "--run", "r", "--host=127.0.0.1"], "['serve', '--run', 'r', '--host=127.0.0.1']"),
+        (["train", "--host"], "['train', '--host']"),
+    ):
+        done = subprocess.run(entrypoint + args, env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.strip() == seen, done.stderr
+
+
+def test_an_hf_run_is_laid_out_as_a_run_folder(trained_run, tmp_path, monkeypatch):
+    """The Hub is faked at `huggingface_hub.snapshot_download` (no local stand-in serves downloads): the fake writes
+    the repo as `python -m job publish` lays it out (job.hub.repo_files); the server sees a run folder that loads
+    like the local one."""
+    import huggingface_hub
+
+    from job import hub, publish
+    from job.errors import ConfigInputError
+
+    files = hub.repo_files(publish.run_files(trained_run.dir))
+    asked = []
+
+    def fake_snapshot(repo_id, revision=None, local_dir=None, **kwargs):
+        asked.append((repo_id, revision))
+        for local, rel in files:
+            if not (repo_id.endswith("broken") and rel == "metrics.json"):
+                (Path(local_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(local, Path(local_dir) / rel)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    folder = serve.resolve_run("hf://acme/dialogsum-run@v1", tmp_path / "dl")
+    assert asked == [("acme/dialogsum-run", "v1")]
+    assert (folder / "adapter" / "adapter_config.json").is_file()
+    assert (folder / "base_model" / "config.json").is_file()
+    cfg, served = serve.describe(folder)
+    assert served.run == "shared" and served.adapter and cfg.method == "qlora"
+    with pytest.raises(ConfigInputError, match="hf://acme/broken holds no adapter or model with its metrics.json"):
+        serve.resolve_run("hf://acme/broken", tmp_path / "dl2")
