@@ -12,6 +12,7 @@ The job calls `inject(point, **context)` at fixed points; each fault fires at on
     slow_step    train_step     every step sleeps DIALOGSUM_SLOW_STEP_SECONDS (default 1), to signal from outside
     oom_load     load_model     torch.cuda.OutOfMemoryError is raised where the weights load
     oom_generate@N generate_batch torch.cuda.OutOfMemoryError is raised by a generation batch of N prompts
+    sigterm_generate generate_batch the process sends itself SIGTERM as a batch starts generating (`job serve`'s stop)
     disk_full    write_results  OSError(ENOSPC) is raised where the result files are written
 
 A train_step fault without @N fires after every step. docs/bad-inputs.md lists what each one makes the job say.
@@ -84,6 +85,7 @@ FAULTS: dict[str, tuple[str, Callable[..., None]]] = {
     "slow_step": ("train_step", _slow_step),
     "oom_load": ("load_model", _oom),
     "oom_generate": ("generate_batch", _oom),
+    "sigterm_generate": ("generate_batch", _signal(signal.SIGTERM)),
     "disk_full": ("write_results", _disk_full),
 }
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -233,35 +232,34 @@ def test_ping_answers_within_2_s_during_a_long_batch(trained_run):
 
 
 def test_sigterm_during_a_request_answers_it_then_exits(trained_run):
-    """A real `python -m job serve`: SIGTERM while a request generates; the request still gets its summaries, then
-    the server ends as SIGTERM ends the job (143)."""
+    """A real `python -m job serve` that receives SIGTERM as its first batch starts generating (the
+    sigterm_generate fault, so the request is surely in flight): the request still gets its summaries, then
+    the server ends as SIGTERM ends the job (143) and the port closes."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "job", "serve", "--run", str(trained_run.dir), "--port", "0"],
-        env=job_env(),
+        env=job_env(DIALOGSUM_FAULTS="sigterm_generate"),
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        url = None
+        url, lines = None, []
         for line in proc.stderr:
+            lines.append(line)
             if "serving shared on http://" in line:
                 url = line.split(" on ", 1)[1].split()[0]
                 break
-        assert url, "no serving line"
-        lines = []
+        assert url, "".join(lines)[-3000:]
         threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
         wait_ready(url, proc=proc)
-        rows = predictions(trained_run.dir)
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(invoke, url, {"dialogues": [r["dialogue"] for r in rows], "max_new_tokens": 96})
-            time.sleep(1.0)
-            assert not pending.done(), "the request ended before SIGTERM; make it longer"
-            proc.send_signal(signal.SIGTERM)
-            answer = pending.result(timeout=120)
+        rows = predictions(trained_run.dir)[:2]
+        answer = invoke(url, {"dialogues": [r["dialogue"] for r in rows], "ids": ["a", "b"]})
         assert answer.status_code == 200, answer.text
-        assert len(answer.json()["summaries"]) == len(rows)
-        assert proc.wait(60) == 143
+        assert [s["summary"] for s in answer.json()["summaries"]] == [r["finetuned"] for r in rows]
+        assert proc.wait(120) == 143, "".join(lines)[-3000:]
+        assert "injecting fault sigterm_generate" in "".join(lines)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/ping", timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
