@@ -1,6 +1,8 @@
 # The job's image, one for both places it runs (docs/container.md):
 #   a GPU box:  docker run --gpus all -v "$PWD/runs:/runs" IMAGE train --config llama-3.2-3b-qlora output.uri=/runs
 #   SageMaker:  the platform runs `docker run IMAGE train` (bring your own image; see `python -m launch image push`)
+#   serving:    docker run --gpus all -p 127.0.0.1:8080:8080 -v "$PWD/runs/RUN:/opt/ml/model:ro" IMAGE serve
+#               (SageMaker endpoints and Batch Transform run `docker run IMAGE serve` with the run at /opt/ml/model)
 # Build with `python -m launch image build`.
 
 # The official PyTorch CUDA *runtime* image: no compilers (several GB smaller than -devel), torch 2.8 meets
@@ -70,5 +72,7 @@ RUN mkdir -p /cache/huggingface /runs && chmod 1777 /cache/huggingface /runs /wo
 
 # Runs as root: SageMaker mounts /opt/ml for root and non-root users have been denied writing there. Local runs
 # pass --user. Exec form: the engine's SIGTERM reaches Python directly (see container/entrypoint.py).
+# `serve` listens on 8080 (SageMaker's inference contract, docs/serving.md).
+EXPOSE 8080
 ENTRYPOINT ["/opt/venv/bin/python", "/opt/dialogsum/entrypoint.py"]
 CMD ["--help"]

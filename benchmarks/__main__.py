@@ -1,5 +1,6 @@
 """`python -m benchmarks [--size small|medium] [--only train,eval,cost] [--out benchmarks/results.json]`; the GPU
-check: `python -m benchmarks gpu [--tiny] [--only STAGE,...]` (benchmarks/gpu.py)."""
+check: `python -m benchmarks gpu [--tiny] [--only STAGE,...]` (benchmarks/gpu.py); serving:
+`python -m benchmarks serve` (benchmarks/serve.py)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import gpu
 
         return gpu.main(argv[1:])
+    if argv[:1] == ["serve"]:  # dynamic batching against one request at a time: benchmarks/serve.py
+        from benchmarks import serve
+
+        return serve.main(argv[1:])
     args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("benchmarks").setLevel(logging.INFO)

@@ -14,6 +14,7 @@ def merge(path: Path, kind: str, record: dict[str, Any]) -> dict[str, Any]:
     merged["ratios"] = {
         "train_speedup": (merged.get("train") or {}).get("train_speedup"),
         "eval_speedup": (merged.get("eval") or {}).get("eval_speedup"),
+        "serve_speedup_32_clients": (merged.get("serve") or {}).get("serve_speedup_32_clients"),
     }
     results[kind] = merged
     path.parent.mkdir(parents=True, exist_ok=True)

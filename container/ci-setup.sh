@@ -2,7 +2,8 @@
 # Prepares a CI or developer machine for the `container` tests (pytest -m container): a container engine and a
 # local Debian base image to build the Dockerfile on, since no image registry is reachable from CI.
 #   - docker, when its daemon answers; otherwise podman from Debian, with runc and the settings it needs here;
-#   - localhost/debian:bookworm, made with debootstrap and imported, when the engine does not have it yet.
+#   - localhost/debian:bookworm, made with debootstrap and imported, when the engine does not have it yet;
+#   - Debian's chromium and chromium-driver, for the serving page's browser test (tests/test_serve.py).
 # Idempotent: a second run changes nothing and takes seconds. When no engine can be had it prints why and exits 0;
 # the container tests then skip with their own reason.
 #   sudo container/ci-setup.sh
@@ -64,6 +65,17 @@ make_base_image() {
         || no_engine "$engine import of the Debian root file system failed"
     say "imported $BASE_IMAGE"
 }
+
+install_browser() {
+    # Not needed by the engine: without them only the page's browser test skips, so a failure is no reason to stop.
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
+    command -v apt-get >/dev/null || { say "chromium missing (not a Debian-family system): the page test will skip"; return; }
+    say "installing chromium chromium-driver"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+        && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+        || say "apt-get could not install chromium chromium-driver: the page test will skip"
+}
+install_browser
 
 if docker info >/dev/null 2>&1; then
     engine=docker

@@ -24,6 +24,7 @@ COMMANDS = {
         "the data a run would use, with the tokenizer only: rows, references, token lengths, cuts",
     ),
     "score": ("job.score", "score any predictions with the job's ROUGE scorer (no model loaded)"),
+    "serve": ("job.serve", "serve a finished run over HTTP: SageMaker's /ping and /invocations, a page at /"),
 }
 
 DESCRIPTION = """Fine-tune an LLM for dialogue summarization with QLoRA (or LoRA, full, prompt tuning) and score it with ROUGE.
@@ -42,6 +43,7 @@ examples:
   python -m job train --config smoke
   python -m job train --config llama-3.2-3b-qlora output.uri=s3://my-bucket/runs
   python -m job predict --run runs/RUN --input dialogues.jsonl --output summaries.jsonl
+  python -m job serve --run runs/RUN                     # http://127.0.0.1:8080
   python -m job score --predictions summaries.txt --data dialogsum.test.jsonl --reference-column summary1
 """
 

@@ -14,6 +14,7 @@ The job calls `inject(point, **context)` at fixed points; each fault fires at on
     oom_load     load_model     torch.cuda.OutOfMemoryError is raised where the weights load
     oom_generate@N generate_batch torch.cuda.OutOfMemoryError is raised by a generation batch of N prompts
     stall_generate@N generate_batch a generation batch of N prompts never returns (the watchdog)
+    sigterm_generate generate_batch the process sends itself SIGTERM as a batch starts generating (`job serve`'s stop)
     disk_full    write_results  OSError(ENOSPC) is raised where the result files are written
 
 A train_step fault without @N fires after every step. docs/bad-inputs.md lists what each one makes the job say.
@@ -94,6 +95,7 @@ FAULTS: dict[str, tuple[str, Callable[..., None]]] = {
     "oom_load": ("load_model", _oom),
     "oom_generate": ("generate_batch", _oom),
     "stall_generate": ("generate_batch", _stall),
+    "sigterm_generate": ("generate_batch", _signal(signal.SIGTERM)),
     "disk_full": ("write_results", _disk_full),
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -20,6 +20,7 @@ class Generated:
     batch_size: int  # the configured batch size the summaries were formed with
     seconds: float
     halved_to: int | None = None  # the batch size after out-of-memory halvings (None: none happened)
+    new_tokens: list[int] = field(default_factory=list)  # tokens generated per summary, before its stop token
 
 
 def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -97,6 +98,7 @@ def generate_batches(
     device = next(p for p in model.parameters()).device
     texts: list[str | None] = [None] * len(prompts)
     hit = [False] * len(prompts)
+    counts = [0] * len(prompts)
     size, halved_to = batch_size, None
     autocast = _autocast(model, device, compute_dtype)
     start = time.perf_counter()
@@ -120,8 +122,8 @@ def generate_batches(
                 log.warning("out of GPU memory while generating: eval batch size halved to %d", size)
                 pending.insert(0, batch)
                 continue
-            for j, (text, reached) in zip(batch, out):
-                texts[j], hit[j] = text, reached
+            for j, (text, reached, n) in zip(batch, out):
+                texts[j], hit[j], counts[j] = text, reached, n
             bar.update(len(batch))
             watchdog.beat(f"{desc}: {bar.n} of {bar.total} dialogues")
     bar.close()
@@ -133,6 +135,7 @@ def generate_batches(
         batch_size=batch_size,
         seconds=time.perf_counter() - start,
         halved_to=halved_to,
+        new_tokens=counts,
     )
 
 
@@ -145,7 +148,9 @@ def _autocast(model, device, compute_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=compute_dtype)
 
 
-def _generate_batch(model, tokenizer, batch: list[list[int]], config, device, synced=False) -> list[tuple[str, bool]]:
+def _generate_batch(
+    model, tokenizer, batch: list[list[int]], config, device, synced=False
+) -> list[tuple[str, bool, int]]:
     width = max(len(p) for p in batch)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
@@ -161,7 +166,7 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, device, sy
         if ended:
             row = row[:end]
         text = tokenizer.decode(row, skip_special_tokens=True).strip()
-        results.append((text, not ended and len(row) >= config.max_new_tokens))
+        results.append((text, not ended and len(row) >= config.max_new_tokens, len(row)))
     return results
 
 
@@ -193,12 +198,14 @@ def generate_across_ranks(
         show_progress=runtime.is_main_process(), compute_dtype=compute_dtype, synced=synced,
     )  # fmt: skip
     done = {i for b in mine for i in b}
-    merged = distributed.gather_in_order(len(prompts), {i: (local.texts[i], local.hit_max_new_tokens[i]) for i in done})
+    mine_out = {i: (local.texts[i], local.hit_max_new_tokens[i], local.new_tokens[i]) for i in done}
+    merged = distributed.gather_in_order(len(prompts), mine_out)
     halved = distributed.max_all(-(local.halved_to or batch_size + 1))  # the smallest size any rank fell to
     return Generated(
-        texts=[t for t, _ in merged],
-        hit_max_new_tokens=[h for _, h in merged],
+        texts=[t for t, _, _ in merged],
+        hit_max_new_tokens=[h for _, h, _ in merged],
         batch_size=batch_size,
         seconds=distributed.max_all(local.seconds),
         halved_to=None if -halved > batch_size else int(-halved),
+        new_tokens=[n for _, _, n in merged],
     )

@@ -108,6 +108,18 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join([line(rows[0]), "|" + "---|" * len(rows[0]), *(line(row) for row in rows[1:])])
 
 
+def html(rows: list[list[str]]) -> str:
+    """An HTML table: the first row is the header, every cell escaped."""
+    from html import escape
+
+    def line(cells: list[str], tag: str) -> str:
+        return "<tr>" + "".join(f"<{tag}>{escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+    head = line(rows[0], "th")
+    body = "".join(line(row, "td") for row in rows[1:])
+    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
 def caption(metrics: dict[str, Any]) -> str:
     """What the figures are, with the size of the test set where metrics.json records it."""
     scorer = metrics.get("scorer") or {}

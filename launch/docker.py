@@ -26,8 +26,14 @@ RUNS_IN_CONTAINER = "/runs"
 HF_HOME_IN_CONTAINER = "/cache/huggingface"
 TOKEN_IN_CONTAINER = "/run/secrets/hf_token"
 INPUTS_IN_CONTAINER = "/inputs"
-JOB_COMMANDS = ("train",)
+JOB_COMMANDS = ("train", "serve")
 """The job commands whose paths this launcher maps into the container (predict and publish: run the image by hand)."""
+MODEL_IN_CONTAINER = "/opt/ml/model"
+"""Where `serve` reads a run from by default, as on SageMaker: a local run folder is mounted there read-only."""
+SERVE_PORT = 8080
+AWS_VARIABLES = ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                 "AWS_DEFAULT_REGION")  # fmt: skip
+"""Passed by name (never by value) to `serve` an s3:// run."""
 PATH_KEYS = ("data.dataset", "model.name")
 """Overrides whose value may be a file or folder on this machine: mounted read-only so the job finds it."""
 
@@ -36,6 +42,8 @@ EPILOG = """examples:
   python -m launch docker train --config llama-3.2-3b-qlora --run           # and run it
   python -m launch docker train --config smoke --cpu --run                  # CPU smoke test, no GPU needed
   python -m launch docker train --config my.yaml data.dataset=dialogues.jsonl --hf-token-file ~/.hf_token
+  python -m launch docker serve runs/RUN --run                              # http://127.0.0.1:8080
+  python -m launch docker serve s3://my-bucket/runs/RUN --port 9000
 
 The Hugging Face token: set HF_TOKEN in your environment (passed as `-e HF_TOKEN`, by name) or give
 --hf-token-file (mounted read-only at /run/secrets/hf_token). Runs land in --runs (default ./runs).
@@ -71,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
         "one process per GPU (DDP, or FSDP with train.fsdp=true)",
     )
     p.add_argument("--as-root", action="store_true", help="run as the image's root user instead of yours")
+    p.add_argument("--port", type=int, default=SERVE_PORT, help="serve: the port on 127.0.0.1 for the container's 8080")
     p.add_argument("--run", action="store_true", help="run the command instead of only printing it")
     launch_tracking.add_option(p)
     return p
@@ -209,6 +218,34 @@ def torchrun_prefix(gpus: str, cpu: bool) -> list[str]:
     return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "job"]
 
 
+def serve_command(args: argparse.Namespace, job_args: list[str], engine: str) -> list[str]:
+    """`docker run ... IMAGE serve`: a local run folder mounted at /opt/ml/model as SageMaker mounts it, or an
+    s3:// / hf:// run passed on as --run; the server published on 127.0.0.1 only."""
+    if not job_args:
+        raise BadInput("serve needs the run: python -m launch docker serve RUN (a run folder, s3://... or hf://...)")
+    source, extra = job_args[0], job_args[1:]
+    if not 1 <= args.port <= 65535:
+        raise BadInput(f"--port {args.port}: must be 1-65535")
+    cache = args.hf_cache.expanduser().resolve()
+    cmd = [engine, "run", "--rm"]
+    if not args.cpu:
+        cmd += gpu_args(engine, args.gpus)
+    cmd += ["-p", f"127.0.0.1:{args.port}:{SERVE_PORT}", "-v", f"{cache}:{HF_HOME_IN_CONTAINER}"]
+    if "://" in source:
+        cmd += [arg for name in AWS_VARIABLES if os.environ.get(name) for arg in ("-e", name)]
+        run_args = ["--run", source]
+    else:
+        folder = Path(source).expanduser().resolve()
+        if not (folder / "manifest.json").is_file():
+            raise BadInput(
+                f"{source} is not a finished run folder (no manifest.json); pass the folder of a finished run"
+            )
+        cmd += ["-v", f"{folder}:{MODEL_IN_CONTAINER}:ro"]
+        run_args = []
+    cmd += token_args(args.hf_token_file)
+    return cmd + [args.image, "serve", *run_args, *extra]
+
+
 def run_command(args: argparse.Namespace, job_args: list[str], engine: str) -> list[str]:
     """The full engine command for the parsed options."""
     volumes, config, job_args = mount_inputs(args.config, job_args)
@@ -237,17 +274,19 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str]) -> int:
     args, rest = parser().parse_known_args(argv)
     job_args = split_job_args(rest)
-    validate_config(args.config, job_args)
+    if args.command == "train":
+        validate_config(args.config, job_args)
     try:
         engine = choose_engine(args.engine, must_work=args.run)
     except ImageError as e:  # no engine: nothing ran, so bad input here (exit 2), as `launch image` reports it (1)
         raise BadInput(*e.lines) from None
-    cmd = run_command(args, job_args, engine)
+    cmd = serve_command(args, job_args, engine) if args.command == "serve" else run_command(args, job_args, engine)
     print(shlex.join(cmd))
     if not args.run:
         return 0
     # The host folders must exist and belong to the caller, or the engine creates them as root.
-    args.runs.expanduser().mkdir(parents=True, exist_ok=True)
+    if args.command == "train":
+        args.runs.expanduser().mkdir(parents=True, exist_ok=True)
     args.hf_cache.expanduser().mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     return subprocess.run(cmd).returncode

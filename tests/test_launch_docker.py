@@ -161,3 +161,38 @@ def test_overrides_are_found_and_replaced_in_every_form_the_job_accepts():
     assert docker.replace_override(args, "data.dataset", "/x") == [
         "data.dataset=/x", "--data.dataset", "/x", "--data.dataset=/x", "train.epochs=1",
     ]  # fmt: skip
+
+
+def test_serve_mounts_a_run_folder_at_opt_ml_model_and_publishes_8080_on_localhost(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text("{}")
+    code, cmd, err = launch("serve", str(run_dir), "--engine", "docker", "--image", "dsq:1", "--batch-size", "8")
+    assert code == 0, err
+    assert cmd[:7] == ["docker", "run", "--rm", "--gpus", "all", "-p", "127.0.0.1:8080:8080"]
+    assert f"{run_dir}:/opt/ml/model:ro" in flag_values(cmd, "-v")
+    assert flag_values(cmd, "-e") == ["HF_TOKEN"]
+    assert cmd[cmd.index("dsq:1") :] == ["dsq:1", "serve", "--batch-size", "8"]
+    assert TOKEN not in " ".join(cmd) + err
+
+
+def test_serve_passes_a_remote_run_on_with_aws_credentials_by_name(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPLANTED")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret")
+    code, cmd, err = launch("serve", "s3://b/runs/r1", "--engine", "podman", "--cpu", "--port", "9000")
+    assert code == 0, err
+    assert flag_values(cmd, "-p") == ["127.0.0.1:9000:8080"]
+    assert flag_values(cmd, "-e") == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert cmd[-3:] == ["serve", "--run", "s3://b/runs/r1"]
+    assert "planted-secret" not in " ".join(cmd)
+
+
+def test_serve_without_a_finished_run_is_one_line(tmp_path):
+    code, cmd, err = launch("serve", str(tmp_path), "--engine", "docker")
+    assert code == 2 and cmd == []
+    assert err.strip() == (
+        f"error: {tmp_path} is not a finished run folder (no manifest.json); pass the folder of a finished run"
+    )
+    code, _, err = launch("serve", "--engine", "docker")
+    assert code == 2 and "serve needs the run: python -m launch docker serve RUN" in err
