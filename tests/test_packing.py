@@ -151,3 +151,26 @@ def test_auto_packs_on_sdpa_exactly_where_a_figure_says_it_is_faster(monkeypatch
 def test_no_device_packs_on_sdpa_without_a_recorded_figure():
     """CUDA has no GPU figure yet; the CPU's measured 0.90x group-by-length (docs/speed.md)."""
     assert training.PADDING_FREE_ON_SDPA == {"cpu": False, "cuda": False}
+
+
+@pytest.mark.parametrize("packing", ["padding_free", "auto"])
+def test_the_trainer_trains_with_the_packing_it_picks(model_dir, tmp_path, packing):
+    """The job's Trainer path end to end for two steps: forced padding-free feeds no padding; `auto` on this device
+    feeds what PADDING_FREE_ON_SDPA decides (group-by-length pads a little)."""
+    from datasets import Dataset
+
+    cfg = resolve(
+        "test",
+        [f"train.packing={packing}", "train.max_steps=2", "train.save_steps=2", "train.eval_steps=2",
+         "train.logging_steps=1", "train.best_by_eval_loss=false", "train.gradient_accumulation_steps=1"],
+    )  # fmt: skip
+    hw = modeling.detect_hardware(cfg.model.compute_dtype)
+    attn = modeling.attention_implementation(cfg, hw)
+    model = modeling.add_adapters(modeling.load_base_model(cfg, str(model_dir), hw), cfg)
+    tokenizer = modeling.load_tokenizer(str(model_dir), cfg)
+    rows = [json.loads(line) for line in (BUILTIN_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()[:16]]
+    _, result = training.train(model, tokenizer, {"train": Dataset.from_list(rows)}, cfg, hw, tmp_path,
+                               tmp_path / "checkpoints", attn)  # fmt: skip
+    packs = packing == "padding_free" or training.PADDING_FREE_ON_SDPA[hw.device]
+    assert (result.padding_fraction == 0) == packs, result.padding_fraction
+    assert result.tokens_per_second > 0
