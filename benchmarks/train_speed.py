@@ -116,7 +116,7 @@ def batches(features: list[dict], size: int, steps: int) -> list[list[dict]]:
 
 def run_arm(name: str, make_collator: Callable[[], CountingCollator], batch_list: list[list[dict]], cfg, hw) -> Arm:
     """A fresh model and optimizer, one untimed warm-up step, then the timed steps."""
-    torch.manual_seed(cfg.train.seed)  # the same LoRA initialisation in both arms
+    torch.manual_seed(cfg.train.seed)  # the same LoRA initialisation in every arm
     model = common.load_model(cfg, hw, lora=True)
     model.config.use_cache = False  # as the job trains: packed examples are only kept apart without a cache
     model.train()
