@@ -3,11 +3,12 @@
 The arms: the job's padding-free packing; padding to the longest example of each batch (TRL's default collator,
 the strongest peer's default); group-by-length (the same dynamic padding over batches of similar lengths, as the
 Trainer's `train_sampling_strategy="group_by_length"` forms them, and the job's fallback); and padding every example
-to a fixed maximum length (the notebooks'). All arms train the same 4-bit model with the same LoRA adapter, on the same DialogSum-like examples in the same
-batches, with the same loss masking (prompt and padding labels -100), for the same number of optimizer steps (group-by-length regroups the same
-timed examples). Only the batch layout differs: the job's collator (`job.training.make_collator("padding_free")`)
-concatenates a batch's examples into one row with position ids restarting per example; the padded arms pad on the
-right and mask padding in attention and labels. Throughput counts non-padding tokens only.
+to a fixed maximum length (the notebooks'). All arms train the same 4-bit model with the same LoRA adapter, on the
+same DialogSum-like examples in the same batches (group-by-length regroups the same timed examples), with the same
+loss masking (prompt and padding labels -100), for the same number of optimizer steps. Only the batch layout
+differs: the job's collator (`job.training.make_collator("padding_free")`) concatenates a batch's examples into one
+row with position ids restarting per example; the padded arms pad on the right and mask padding in attention and
+labels. Throughput counts non-padding tokens only.
 
 Because the examples, masking and weights are the same, the arms must see the same loss at every step (to float
 error): the benchmark checks that (group-by-length against padding-free on the same grouped batches, run once), so
