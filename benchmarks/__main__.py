@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--size small|medium] [--only train,eval,cost] [--out benchmarks/results.json]`; the GPU
+"""`python -m benchmarks [--size small|medium|tiny] [--only train,eval,cost] [--out benchmarks/results.json]`; the GPU
 check: `python -m benchmarks gpu [--tiny] [--only STAGE,...]` (benchmarks/gpu.py); serving:
 `python -m benchmarks serve` (benchmarks/serve.py)."""
 

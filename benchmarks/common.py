@@ -54,6 +54,16 @@ SIZES: dict[str, Size] = {
         max_new_tokens=128,
         repeats=5,
     ),
+    # every arm and check at a size the test suite runs in seconds; its figures mean nothing
+    "tiny": Size(
+        train_examples=8,
+        batch_size=2,
+        train_steps=2,
+        eval_dialogues=4,
+        eval_batch_size=2,
+        max_new_tokens=4,
+        repeats=1,
+    ),
 }
 
 

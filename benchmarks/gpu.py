@@ -551,8 +551,8 @@ def stage_throughput(ctx: Context) -> dict:
 
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from benchmarks.train_speed import FixedPaddingCollator, tokenized
-    from job import memory
+    from benchmarks.train_speed import FixedPaddingCollator, per_batch_padding_collator, tokenized
+    from job import memory, modeling
     from job.training import CountingCollator, make_collator
 
     cfg = config(ctx, "train.optimizer=adamw_torch")
@@ -570,53 +570,37 @@ def stage_throughput(ctx: Context) -> dict:
         return [flat[i : i + batch] for i in range(0, len(flat), batch)]
 
     pad = tokenizer.pad_token_id
+    per_batch, per_batch_name = per_batch_padding_collator(tokenizer)
     arms = {
         "padding_free": (lambda: make_collator("padding_free", tokenizer), cut(order)),
         "group_by_length": (lambda: make_collator("group_by_length", tokenizer), cut(grouped)),
-        "per_batch_padding": (lambda: make_collator("group_by_length", tokenizer), cut(order)),
+        "per_batch_padding": (lambda: CountingCollator(per_batch, pad), cut(order)),
         "fixed_padding": (lambda: CountingCollator(FixedPaddingCollator(pad, cfg.data.max_length), pad), cut(order)),
     }
-    model = load(ctx, cfg, ctx.hw)
-    model.config.use_cache = False
-    model.train()
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    amp = torch.autocast("cuda", dtype=ctx.hw.compute_dtype) if ctx.cuda else torch.autocast("cpu", enabled=False)
-    record = {"batch_size": batch, "max_length": cfg.data.max_length, "steps": steps - 1}
-    for name, (make, batches) in arms.items():
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate)
-
-        def step(b, model=model, optimizer=optimizer):
-            with amp:
-                loss = model(**{k: v.to(device) for k, v in b.items()}).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        step(make()(batches[0]))
-        collator = make()
-        reset_peak()
-        if ctx.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for b in batches[1:]:
-            step(collator(b))
-        if ctx.cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        record[name] = {
-            "tokens_per_second": round(collator.real / seconds, 1),
-            "padding_fraction": round(1 - collator.real / collator.total, 4),
-            "peak_gib": peak_gib(),
-        }
-        del optimizer
+    job_attn = modeling.attention_implementation(cfg, ctx.hw)
+    record = {"batch_size": batch, "max_length": cfg.data.max_length, "steps": steps - 1, "attention": job_attn}
+    record["per_batch_padding_collator"] = per_batch_name
+    # padding-free on SDPA is what packing=auto's rule for this device needs measured (training.PADDING_FREE_ON_SDPA):
+    # where the job's attention is another (flash-attn installed), SDPA's padding-free arm runs on its own model
+    runs = [(job_attn, arms)] + ([("sdpa", {"padding_free_sdpa": arms["padding_free"]})] if job_attn != "sdpa" else [])
+    for attn, measured in runs:
+        model = load(ctx, config(ctx, "train.optimizer=adamw_torch", f"model.attn_implementation={attn}"), ctx.hw)
+        model.config.use_cache = False
+        model.train()
+        for name, (make, batches) in measured.items():
+            record[name] = _throughput_arm(ctx, model, cfg, make, batches)
+            free()
+        del model
         free()
     rate = {k: record[k]["tokens_per_second"] for k in arms}
+    sdpa_rate = record.get("padding_free_sdpa", record["padding_free"])["tokens_per_second"]
     record["ratios"] = {
         "padding_free_over_per_batch_padding": round(rate["padding_free"] / rate["per_batch_padding"], 2),
         "padding_free_over_group_by_length": round(rate["padding_free"] / rate["group_by_length"], 2),
         "padding_free_over_fixed_padding": round(rate["padding_free"] / rate["fixed_padding"], 2),
     }
+    # the figure that decides PADDING_FREE_ON_SDPA for this device (with the packing stage's `sdpa` exactness)
+    record["padding_free_on_sdpa_over_group_by_length"] = round(sdpa_rate / rate["group_by_length"], 2)
     estimate = memory.estimate_gpu_memory(cfg, memory.architecture(str(ctx.model_dir)))
     training_estimate = estimate["total"] - estimate["cuda_overhead"]
     if estimate["generation"] > estimate["activations"] + estimate["logits"] + estimate["lm_head_copy"]:
@@ -632,9 +616,39 @@ def stage_throughput(ctx: Context) -> dict:
         "note": None if measured else "no CUDA peak to compare on this device (skipped)",
     }
     record["status"] = "ok"
-    del model
-    free()
     return record
+
+
+def _throughput_arm(ctx: Context, model, cfg, make, batches) -> dict:
+    """One untimed step, then the timed steps with a fresh AdamW: non-padding tokens/s, padding, peak GiB."""
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    amp = torch.autocast("cuda", dtype=ctx.hw.compute_dtype) if ctx.cuda else torch.autocast("cpu", enabled=False)
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate)
+
+    def step(b):
+        with amp:
+            loss = model(**{k: v.to(device) for k, v in b.items()}).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(make()(batches[0]))
+    collator = make()
+    reset_peak()
+    if ctx.cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for b in batches[1:]:
+        step(collator(b))
+    if ctx.cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {
+        "tokens_per_second": round(collator.real / seconds, 1),
+        "padding_fraction": round(1 - collator.real / collator.total, 4),
+        "peak_gib": peak_gib(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -208,8 +208,9 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: much less memory, ~30% slower."""
     packing: Literal["auto", "padding_free", "group_by_length", "none"] = "auto"
-    """How batches avoid padding. `auto`: padding-free packing (no padding at all) for decoder-only models
-    on CPU or with flash attention, length-grouped batches otherwise."""
+    """How batches avoid padding. `auto`: padding-free packing (no padding at all) for decoder-only models with
+    flash attention, or with SDPA where it was measured faster than group-by-length
+    (`job.training.PADDING_FREE_ON_SDPA`: no device so far), length-grouped batches otherwise."""
     logging_steps: int = 10
     """Optimizer steps between `metrics:` log lines."""
     eval_steps: int | None = None

@@ -75,9 +75,22 @@ def tokenize(ds, tokenizer, cfg: Config, desc: str, encoder_decoder: bool = Fals
     return out.remove_columns("truncated"), truncated
 
 
+# Padding-free packing on SDPA (and eager), by device: True only where it was measured faster than group-by-length.
+# Without a cache and an attention mask, transformers' masking_utils builds the block-diagonal mask from the position
+# ids for these kernels, so packing is exact there (tests/test_packing.py, on the device the tests run on); but SDPA
+# then computes the whole packed row's attention under that mask, where flash attention's variable-length kernel
+# skips the cross-example blocks, so whether it pays depends on the device and the model. The CPU: padding-free
+# 0.90x group-by-length (median of 5 paired repeats, 0.73x to 1.61x; `python -m benchmarks --size small`,
+# 2026-12-04, docs/speed.md): not faster. CUDA: not measured yet; the throughput stage of `python -m benchmarks gpu`
+# measures it (`padding_free_on_sdpa_over_group_by_length`, with the packing stage's `sdpa` exactness), and only
+# such a recorded figure changes an entry here.
+PADDING_FREE_ON_SDPA: dict[str, bool] = {"cpu": False, "cuda": False}
+
+
 def packing_mode(cfg: Config, hw: Hardware, attn: str, encoder_decoder: bool = False) -> str:
-    """Padding-free packing needs an attention kernel that keeps packed examples apart: flash attention on a GPU,
-    or SDPA/eager on the CPU with the cache off. Elsewhere (a T4 without flash attention) group by length.
+    """Padding-free packing needs an attention kernel that keeps packed examples apart and pays for itself: flash
+    attention (installed, on a GPU), or SDPA/eager with the cache off where `PADDING_FREE_ON_SDPA` says it was
+    measured faster than group-by-length (no device so far). Elsewhere group by length.
     Encoder-decoder models and soft prompts (prepended to every row) always group by length."""
     if encoder_decoder or cfg.method == "prompt_tuning":
         if cfg.train.packing == "padding_free":
@@ -87,7 +100,9 @@ def packing_mode(cfg: Config, hw: Hardware, attn: str, encoder_decoder: bool = F
         return "group_by_length" if cfg.train.packing != "none" else "none"
     if cfg.train.packing != "auto":
         return cfg.train.packing
-    if attn == "flash_attention_2" or hw.device == "cpu":
+    if attn == "flash_attention_2":
+        return "padding_free"
+    if attn in ("sdpa", "eager") and PADDING_FREE_ON_SDPA.get(hw.device, False):
         return "padding_free"
     return "group_by_length"
 

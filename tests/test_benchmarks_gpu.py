@@ -52,6 +52,10 @@ def test_every_stage_runs_or_says_why_it_was_skipped(tmp_path):
         "padding_free_over_group_by_length",
         "padding_free_over_fixed_padding",
     }
+    throughput = stages["throughput"]  # the figure that decides job.training.PADDING_FREE_ON_SDPA for this device
+    assert throughput["padding_free_on_sdpa_over_group_by_length"] > 0
+    assert throughput["attention"] == stages["packing"]["job_attention"]
+    assert "DataCollator" in throughput["per_batch_padding_collator"]
 
     before = stages["train_bf16"]
     again = run("--out", str(out), "--only", "packing")
