@@ -41,16 +41,24 @@ def redact(text: str) -> str:
     return text
 
 
+class _Stderr(logging.StreamHandler):
+    """A stream handler that writes to whatever `sys.stderr` is at each record, never to the stream it was made with
+    (which a caller that captured stderr, or a test, may have closed since)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup(level: int = logging.INFO) -> None:
     """Log to stderr with timestamps; quiet the chattiest libraries. Safe to call twice."""
     root = logging.getLogger()
-    ours = [h for h in root.handlers if getattr(h, "_job_handler", False)]
-    for handler in ours:  # a second call follows sys.stderr where it went since (a caller that captures it)
-        if handler.stream is not sys.stderr:
-            with handler.lock:  # not setStream: it flushes the old stream, which may be closed by now
-                handler.stream = sys.stderr
-    if not ours:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(getattr(h, "_job_handler", False) for h in root.handlers):
+        handler = _Stderr()
         handler._job_handler = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler.addFilter(RedactSecrets())

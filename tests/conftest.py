@@ -104,3 +104,16 @@ def trained_run(tmp_path_factory) -> FinishedRun:
 
     made = once_per_test_run(tmp_path_factory, "trained_run", train)
     return FinishedRun(dir=Path(made["dir"]), stdout=made["stdout"], stderr=made["stderr"])
+
+
+CONTAINER_TEST_FILES = ("test_container.py", "test_sagemaker_container.py", "test_serve_container.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """`make test` runs under `pytest -n 2 --dist loadgroup`: each file is one group (its module fixtures, such as
+    the trained runs of test_methods.py, are made once, on one worker), except the container tests, which share only
+    the image and so spread over both workers."""
+    for item in items:
+        if item.path.name not in CONTAINER_TEST_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))

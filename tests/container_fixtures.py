@@ -14,13 +14,14 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from launch import image
-from tests.conftest import SCORE_KEYS, once_per_test_run
+from tests.conftest import CONTAINER_TEST_FILES, SCORE_KEYS, once_per_test_run
 
 ROOT = image.PROJECT_ROOT
 PLANTED = "hf_PlantedContainerSecret7f3a9c2e41"
@@ -71,18 +72,61 @@ def copy_context(dest: Path) -> Path:
     return dest
 
 
+_early_build: threading.Thread | None = None
+
+
+def _build_once(tmp_path_factory, engine: str) -> dict:
+    return once_per_test_run(tmp_path_factory, "image", lambda folder: build_image(engine, copy_context(folder)))
+
+
+def _wants_the_image(config: pytest.Config) -> bool:
+    """Whether this run may need the image: not `-m "not container"`, and the whole suite, a folder or a container
+    test file among the paths asked for."""
+    if "not container" in (config.option.markexpr or ""):
+        return False
+    paths = [Path(a.split("::")[0]) for a in config.args] or [Path("tests")]
+    return any(p.is_dir() or p.name in CONTAINER_TEST_FILES for p in paths)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start building the image as the run starts (in the process that runs pytest, or that hands the tests to the
+    xdist workers), while the tests that need no image run; `built` waits for it. Made once, as `once_per_test_run`
+    makes it, so a worker that gets there first waits on the same lock."""
+    global _early_build
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("CONTAINER_IMAGE") or not _wants_the_image(config):
+        return
+    engine, _ = container_engine()
+    if engine is None:
+        return
+    factory = config._tmp_path_factory  # the run's own: the xdist workers' temporary folders lie under it
+
+    def build() -> None:
+        try:
+            _build_once(factory, engine)
+        except BaseException:  # recorded by once_per_test_run; `built` reports it in the tests that need the image
+            pass
+
+    _early_build = threading.Thread(target=build, name="image build", daemon=True)
+    _early_build.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _early_build is not None:
+        _early_build.join()  # never leave a half-built image behind
+
+
 @pytest.fixture(scope="session")
 def context(tmp_path_factory) -> Path:
     return copy_context(tmp_path_factory.mktemp("context"))
 
 
 @pytest.fixture(scope="session")
-def built(engine, context, tmp_path_factory) -> str:
-    """The image, built once per test run (once for all xdist workers) through `python -m launch image build`, with
-    the token in the build's environment."""
+def built(engine, tmp_path_factory) -> str:
+    """The image, built once per test run (once for all xdist workers, started as the run starts) through `python -m
+    launch image build`, with the token in the build's environment and planted in the build context."""
     if os.environ.get("CONTAINER_IMAGE"):
         return os.environ["CONTAINER_IMAGE"]
-    return once_per_test_run(tmp_path_factory, "image", lambda _: build_image(engine, context))["tag"]
+    return _build_once(tmp_path_factory, engine)["tag"]
 
 
 def build_image(engine: str, context: Path) -> dict:

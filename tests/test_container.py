@@ -159,17 +159,18 @@ def test_image_runs_python_m_job_as_root_keeps_torch_and_ships_no_build_leftover
 
 
 @pytest.mark.container
-def test_smoke_run_through_launch_docker_lands_on_the_host(engine, built, tmp_path):
+def test_a_run_through_launch_docker_lands_on_the_host(engine, built, tmp_path):
+    """`python -m launch docker train ... --run` end to end (the `test` preset: every stage, in seconds)."""
     runs, cache = tmp_path / "runs", tmp_path / "hf-cache"
-    cmd = [sys.executable, "-m", "launch", "docker", "train", "--config", "smoke", "--cpu", "--run"]
+    cmd = [sys.executable, "-m", "launch", "docker", "train", "--config", "test", "--cpu", "--run"]
     cmd += ["--engine", engine, "--image", built, "--runs", str(runs), "--hf-cache", str(cache)]
-    cmd += ["output.run_name=smoke"]
+    cmd += ["output.run_name=docker"]
     done = run(cmd, timeout=900, env={**os.environ, "HF_TOKEN": PLANTED}, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-4000:]
     printed, *_, last = done.stdout.strip().splitlines()
     assert "-e HF_TOKEN " in printed and PLANTED not in printed
-    assert last == "/runs/smoke"
-    metrics = assert_complete_run(runs / "smoke")
+    assert last == "/runs/docker"
+    metrics = assert_complete_run(runs / "docker")
     assert metrics["finetuned"]["rouge1"] > metrics["base"]["rouge1"]
     assert "metrics: step=" in done.stderr + done.stdout
     assert files_containing(runs, PLANTED) == []

@@ -287,7 +287,9 @@ def test_refuses_an_incomplete_run_or_one_without_weights(trained_run, tmp_path,
     )
     done = run_in_process(["serve", "--run", str(trained_run.dir), "--merged"], job_env())
     assert done.returncode == 2 and "--merged: " in done.stderr and "has no merged model" in done.stderr
-    monkeypatch.setattr(runtime, "OPT_ML", tmp_path / "opt_ml")  # SM_MODEL_DIR says SageMaker: its failure file goes here
+    monkeypatch.setattr(
+        runtime, "OPT_ML", tmp_path / "opt_ml"
+    )  # SM_MODEL_DIR says SageMaker: its failure file goes here
     done = run_in_process(["serve"], {**job_env(), "SM_MODEL_DIR": str(tmp_path / "nothing")})
     assert (tmp_path / "opt_ml" / "output" / "failure").is_file()
     assert done.returncode == 2 and f"no --run given and {tmp_path / 'nothing'}" in done.stderr
