@@ -1,6 +1,7 @@
 """`python -m launch sagemaker deploy|invoke|delete|endpoints|transform`: serve a finished run on SageMaker.
 
-    python -m launch sagemaker deploy RUN --instance ml.g5.xlarge [--image URI] [--hf-token-secret ID] [--dry-run]
+    python -m launch sagemaker deploy RUN --instance ml.g5.xlarge [--image URI] [--hf-token-secret ID | --model-s3 URI]
+        [--subnets ID ... --security-groups ID ...] [--network-isolation] [--kms-key KEY] [--dry-run]
     python -m launch sagemaker invoke ENDPOINT --input dialogues.jsonl [--output summaries.jsonl]
     python -m launch sagemaker endpoints
     python -m launch sagemaker delete ENDPOINT
@@ -177,11 +178,19 @@ def _identity(args: argparse.Namespace, boto: Any, region: str) -> tuple[str, st
     return image, serving.resolve_role(args.role, boto), secret, account
 
 
-def _show(requests: dict[str, Any], run: serving.Run, args: argparse.Namespace) -> None:
+def _show(requests: dict[str, Any], run: serving.Run) -> None:
     print(json.dumps(requests, indent=2))
     _note(serving.size_line(run))
-    for line in account.notes(account.from_args(args), args.instance, output=args.command == "transform"):
+
+
+def _notes(args: argparse.Namespace, run: serving.Run, secret: str | None) -> account.Account:
+    """The warnings about the run and what the account options do beyond the requests; returns those options."""
+    for warning in serving.run_warnings(run, secret):
+        _note(f"warning: {warning}")
+    acct = account.from_args(args)
+    for line in account.notes(acct, args.instance, output=args.command == "transform"):
         _note(line)
+    return acct
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,15 +201,13 @@ def deploy(args: argparse.Namespace) -> int:
     boto, region, run = _prepare(args)
     name = serving.resource_name(args.name, run)
     image, role, secret, _ = _identity(args, boto, region)
-    for warning in serving.run_warnings(run, secret):
-        _note(f"warning: {warning}")
-    acct = account.from_args(args)
+    acct = _notes(args, run, secret)
     requests = serving.checked(
         ep.requests_for(name, run, image, role, secret, args.instance, args.instance_count, acct)
     )
     cost = ep.cost_lines(args.instance, args.instance_count, name, region)
     if args.dry_run:
-        _show(requests, run, args)
+        _show(requests, run)
         for line in cost:
             _note(line)
         _note("dry run: read the run folder, created nothing")
@@ -262,9 +269,7 @@ def transform(args: argparse.Namespace) -> int:
     parent = run.uri.rstrip("/").rsplit("/", 1)[0].removesuffix("/runs")
     destination = (args.output or f"{parent}/transforms/{name}").rstrip("/") + "/"
     image, role, secret, _ = _identity(args, boto, region)
-    for warning in serving.run_warnings(run, secret):
-        _note(f"warning: {warning}")
-    acct = account.from_args(args)
+    acct = _notes(args, run, secret)
     requests = serving.checked(
         tf.requests_for(
             name, run, image, role, secret, args.instance, args.instance_count, args.input, destination, acct
@@ -272,7 +277,7 @@ def transform(args: argparse.Namespace) -> int:
     )
     cost = tf.cost_lines(requests["CreateTransformJob"], run)
     if args.dry_run:
-        _show(requests, run, args)
+        _show(requests, run)
         for line in cost:
             _note(line)
         _note("dry run: read the run folder, created nothing")
