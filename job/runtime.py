@@ -102,6 +102,14 @@ STAGED_MODEL = "staged-model.json"
 """Beside the weights `python -m launch sagemaker stage-model` copied to S3: the hub id and commit they are."""
 
 
+BASE_MODEL_ENV = "BASE_MODEL_DIR"
+"""Set on a SageMaker model whose base comes staged beside the run (`deploy|transform --model-s3`): the folder of
+those weights, which `python -m job serve` loads the base from instead of model.name (no Hub, no token)."""
+
+ADDITIONAL_MODEL_DATA = OPT_ML / "additional-model-data-sources"
+"""Where an endpoint's or transform job's container finds each AdditionalModelDataSources entry, by channel name."""
+
+
 def channel_path(spec: str) -> Path | None:
     """The folder of a `channel:NAME` value; None for any other value."""
     return channel_dir(spec.removeprefix(CHANNEL)) if spec.startswith(CHANNEL) else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from job import rundir
+from job import rundir, runtime
 from job import uri as uri_mod
 from job.errors import AuthError, ConfigInputError, OutputError, ResourceError
 
@@ -263,7 +263,7 @@ def describe(run_dir: Path, merged: bool = False):
     """The run's config and what the server says about it, read before the model loads."""
     from job import config as config_mod
 
-    cfg = config_mod.build(config_mod.read_yaml(str(run_dir / "config.yaml")))
+    cfg = staged_base(config_mod.build(config_mod.read_yaml(str(run_dir / "config.yaml"))))
     metrics_path, predictions = run_dir / "metrics.json", run_dir / "predictions.jsonl"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     samples = []
@@ -283,6 +283,21 @@ def describe(run_dir: Path, merged: bool = False):
         samples=samples,
     )
     return cfg, served
+
+
+def staged_base(cfg):
+    """The run's config with its base model read from the staged weights BASE_MODEL_DIR names, where the launcher
+    set it (`deploy|transform --model-s3`); as it is otherwise."""
+    folder = os.environ.get(runtime.BASE_MODEL_ENV)
+    if not folder:
+        return cfg
+    if not (Path(folder) / "config.json").is_file():
+        raise ConfigInputError(
+            f"{runtime.BASE_MODEL_ENV}={folder} holds no model (no config.json): the staged base model was not "
+            "mounted; pass the --model-s3 URI that `python -m launch sagemaker stage-model` printed, or unset it"
+        )
+    log.info("base model: %s (staged), not %s", folder, cfg.model.name)
+    return replace(cfg, model=replace(cfg.model, name=folder, revision=None))
 
 
 class Model:

@@ -549,9 +549,10 @@ def test_the_docs_list_every_serving_message_word_for_word(aws, tmp_path: Path, 
     aws["session"].client("sagemaker").create_model(
         ModelName="taken", ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": "x"}
     )
+    _hub_run(aws, "hub")
     aws["requests"].clear()
     cases = documented_cases()
-    assert len(cases) >= 10
+    assert len(cases) >= 14
     for argv, code, lines in cases:
         rc = sm_cli.main([*argv, "--region", REGION])
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
@@ -602,3 +603,162 @@ def test_transform_jobs_in_progress_are_listed_with_their_hourly_cost() -> None:
     row = lines[1].split()
     assert row[:7] == ["batch-1", "transform", "InProgress", "2", "x", "ml.g5.xlarge", "$2.816"]
     assert lines[2] == "total: $2.816/h"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Company accounts: the account options and a staged base model on deploy and transform
+
+HUB_BASE = "meta-llama/Llama-3.2-3B-Instruct"
+COMMIT = "a" * 40
+STAGED_URI = f"s3://{BUCKET}/exp/models/{HUB_BASE}/{COMMIT}/"
+STAGED_BYTES = 6_400_000_000
+ACCOUNT_OPTIONS = ["--subnets", "subnet-0abc1234", "--security-groups", "sg-0abc1234", "--kms-key", "alias/serving"]
+
+
+def _hub_run(aws: dict[str, Any], name: str, model_name: str = HUB_BASE) -> str:
+    """The shared run as an adapter on a Hub base (or, with `channel:model`, on staged weights), uploaded under
+    runs/NAME/: its config names that model, its manifest and folder hold no base_model/."""
+    import yaml
+
+    s3, run = aws["session"].client("s3"), aws["run"]
+    uri = f"s3://{BUCKET}/exp/runs/{name}/"
+    prefix = uri.removeprefix(f"s3://{BUCKET}/")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["name"] = model_name
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    adapter["base_model_name_or_path"] = HUB_BASE
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if not f["path"].startswith("base_model/")]
+    changed = {
+        "config.yaml": yaml.safe_dump(cfg),
+        "adapter/adapter_config.json": json.dumps(adapter),
+        "manifest.json": json.dumps(manifest),
+    }
+    for path in sorted(run.rglob("*")):
+        rel = path.relative_to(run).as_posix()
+        if path.is_file() and not rel.startswith("base_model/"):
+            body = changed[rel].encode() if rel in changed else path.read_bytes()
+            s3.put_object(Bucket=BUCKET, Key=f"{prefix}{rel}", Body=body)
+    return uri
+
+
+def _stage(aws: dict[str, Any]) -> None:
+    """A completed `stage-model` of HUB_BASE as stage.py records it (its staged-model.json, written last)."""
+    from launch.sagemaker import stage
+
+    files = [stage.HubFile("model.safetensors", STAGED_BYTES, "e1"), stage.HubFile("config.json", 900, "c1")]
+    key = f"{STAGED_URI.removeprefix(f's3://{BUCKET}/')}{stage.STAGED}"
+    aws["session"].client("s3").put_object(Bucket=BUCKET, Key=key, Body=stage.manifest(HUB_BASE, COMMIT, files))
+
+
+def test_deploy_and_transform_send_the_account_options(aws, capsys) -> None:
+    """The VPC and network isolation on the model, the keys on the endpoint config and the transform job: each in
+    the request botocore sends, checked against its service model. On NVMe instances (g4dn) the volume's key is
+    left out, and the dry run says so."""
+    argv = [*DEPLOY[:2], "--instance", "ml.m5.large", "--role", ROLE_ARN, "--region", REGION, "--check", "0"]
+    assert sm_cli.main([*argv, *ACCOUNT_OPTIONS, "--network-isolation", "--name", "vpc"]) == 0
+    capsys.readouterr()
+    (model,) = _sent(aws, "CreateModel")
+    assert model["VpcConfig"] == {"SecurityGroupIds": ["sg-0abc1234"], "Subnets": ["subnet-0abc1234"]}
+    assert model["EnableNetworkIsolation"] is True
+    assert model["PrimaryContainer"]["Environment"] == {"HF_HUB_OFFLINE": "1"}
+    (config,) = _sent(aws, "CreateEndpointConfig")
+    assert config["KmsKeyId"] == "alias/serving"  # ml.m5.large has an EBS volume
+    _no_secret_anywhere(aws)
+
+    assert sm_cli.main([*DEPLOY, "--region", REGION, "--dry-run", "--kms-key", "alias/serving"]) == 0
+    dry = capsys.readouterr()
+    assert "KmsKeyId" not in dry.out and "VpcConfig" not in dry.out and "EnableNetworkIsolation" not in dry.out
+    assert (
+        f"--kms-key: {INSTANCE} keeps /opt/ml on NVMe instance storage, which its hardware encrypts, so no "
+        "VolumeKmsKeyId is sent"
+    ) in dry.err
+
+    aws["requests"].clear()
+    transform = ["transform", RUN_URI, "--input", f"s3://{BUCKET}/in/", "--role", ROLE_ARN, "--region", REGION]
+    for instance in ("ml.m5.large", INSTANCE):
+        name = f"t-{instance.split('.')[1]}"
+        assert sm_cli.main([*transform, "--instance", instance, *ACCOUNT_OPTIONS, "--no-wait", "--name", name]) == 0
+    capsys.readouterr()
+    ebs, nvme = _sent(aws, "CreateTransformJob")
+    assert ebs["TransformOutput"]["KmsKeyId"] == nvme["TransformOutput"]["KmsKeyId"] == "alias/serving"
+    assert ebs["TransformResources"]["VolumeKmsKeyId"] == "alias/serving"
+    assert "VolumeKmsKeyId" not in nvme["TransformResources"]
+    assert all(m["VpcConfig"]["Subnets"] == ["subnet-0abc1234"] for m in _sent(aws, "CreateModel"))
+    _no_secret_anywhere(aws)
+    assert sm_cli.main([*transform, "--instance", INSTANCE, "--kms-key", "alias/serving", "--dry-run"]) == 0
+    assert f"--kms-key: encrypts the output; {INSTANCE} keeps /opt/ml on NVMe" in capsys.readouterr().err
+
+
+def test_a_staged_base_is_model_data_beside_the_run_with_no_token(aws, capsys) -> None:
+    """`--model-s3`: the staged base travels as AdditionalModelDataSources `base`, BASE_MODEL_DIR names its folder
+    in the container (job/serve.py loads the base from there), no secret, and the timeouts count its bytes. A run
+    trained on the staged weights (`channel:model`) is served the same way."""
+    from job import runtime
+
+    hub = _hub_run(aws, "hub")
+    _stage(aws)
+    argv = ["deploy", hub, "--instance", INSTANCE, "--role", ROLE_ARN, "--region", REGION, "--check", "0"]
+    assert sm_cli.main([*argv, "--model-s3", STAGED_URI, "--network-isolation", "--name", "staged"]) == 0
+    err = capsys.readouterr().err
+    assert f"base {HUB_BASE} 6.40 GB staged at {STAGED_URI} as model data" in err
+    assert "gated" not in err  # no token needed
+    (model,) = _sent(aws, "CreateModel")
+    container = model["PrimaryContainer"]
+    assert container["AdditionalModelDataSources"] == [
+        {
+            "ChannelName": "base",
+            "S3DataSource": {"S3Uri": STAGED_URI, "S3DataType": "S3Prefix", "CompressionType": "None"},
+        }
+    ]
+    assert container["Environment"] == {
+        runtime.BASE_MODEL_ENV: "/opt/ml/additional-model-data-sources/base",
+        "HF_HUB_OFFLINE": "1",
+    }
+    assert container["ModelDataSource"]["S3DataSource"]["S3Uri"] == hub
+    (variant,) = _sent(aws, "CreateEndpointConfig")[0]["ProductionVariants"]
+    assert variant["ModelDataDownloadTimeoutInSeconds"] >= 60 + 3 * STAGED_BYTES / serving.S3_BYTES_PER_S
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] > serving.STARTUP_S
+    _no_secret_anywhere(aws, err)
+
+    channel = _hub_run(aws, "from-channel", model_name="channel:model")
+    base = ["deploy", channel, "--instance", INSTANCE, "--region", REGION]
+    assert sm_cli.main([*base, "--dry-run"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: the run's base model came staged (channel:model, {HUB_BASE}); pass --model-s3 with the URI "
+        "`python -m launch sagemaker stage-model` printed for it, which the container reads as model data"
+    )
+    assert sm_cli.main([*base, "--dry-run", "--model-s3", STAGED_URI]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["CreateModel"]["PrimaryContainer"]["AdditionalModelDataSources"][0]["ChannelName"] == "base"
+
+
+def test_refused_account_combinations_are_one_line_each_before_anything_is_created(aws, capsys) -> None:
+    hub = _hub_run(aws, "hub")
+    base = ["deploy", hub, "--instance", INSTANCE, "--region", REGION]
+    cases = [
+        (
+            [*base, "--network-isolation", "--hf-token-secret", SECRET_ID],
+            2,
+            [
+                f"error: --network-isolation: the container has no network to download {HUB_BASE} from the Hugging "
+                "Face Hub; stage the weights in S3 once (`python -m launch sagemaker stage-model MODEL_ID --revision "
+                "SHA`) and pass --model-s3 URI",
+                "error: --network-isolation: the container has no network to read --hf-token-secret from Secrets "
+                "Manager; drop it (a staged model needs none)",
+            ],
+        ),
+        (
+            [*base, "--model-s3", f"s3://{BUCKET}/exp/models/nothing/"],
+            1,
+            [
+                f"error: --model-s3 s3://{BUCKET}/exp/models/nothing/: no staged-model.json there, so no complete "
+                f"staged model; stage one with `python -m launch sagemaker stage-model {HUB_BASE} --revision SHA` "
+                "and pass the URI it prints"
+            ],
+        ),
+    ]
+    for argv, code, lines in cases:
+        assert sm_cli.main(argv) == code, argv
+        assert capsys.readouterr().err.strip().splitlines() == lines
+    assert aws["requests"] == []

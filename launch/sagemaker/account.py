@@ -51,20 +51,25 @@ class Account:
     tensorboard: bool = True
 
 
-def add_options(p: argparse.ArgumentParser) -> None:
-    """The account-policy options of `python -m launch sagemaker` (docs/sagemaker.md, "In a company account")."""
+def add_options(p: argparse.ArgumentParser, training: bool = True) -> None:
+    """The account-policy options of `python -m launch sagemaker` (docs/sagemaker.md, "In a company account");
+    `training=False`: those deploy and transform take (no --retries, no --tensorboard: their APIs have neither)."""
     g = p.add_argument_group("company account (docs/sagemaker.md)")
     g.add_argument("--subnets", nargs="+", default=[], metavar="SUBNET", help="run in these VPC subnets (VpcConfig)")
     g.add_argument("--security-groups", nargs="+", default=[], metavar="SG", help="with these security groups")
     g.add_argument(
         "--network-isolation",
         action="store_true",
-        help="no network inside the job: needs our own image, a staged model and local or S3 data",
+        help="no network inside the job: needs our own image, a staged model and local or S3 data"
+        if training
+        else "no network inside the container: a Hub base model must come staged (--model-s3), no token secret",
     )
     g.add_argument("--kms-key", metavar="KEY", help="KMS key (id, ARN or alias) for the output, and the volume on EBS")
     g.add_argument(
         "--volume-kms-key", metavar="KEY", help="KMS key for the EBS volume only (not on NVMe instances: g4dn, g5, ...)"
     )
+    if not training:
+        return
     g.add_argument("--retries", type=int, metavar="N", help="restart the job up to N times after an internal error")
     g.add_argument(
         "--tensorboard",
@@ -81,8 +86,8 @@ def from_args(args: argparse.Namespace) -> Account:
         network_isolation=args.network_isolation,
         kms_key=args.kms_key,
         volume_kms_key=args.volume_kms_key,
-        retries=args.retries,
-        tensorboard=args.tensorboard,
+        retries=getattr(args, "retries", None),
+        tensorboard=getattr(args, "tensorboard", False),
     )
 
 
@@ -110,6 +115,24 @@ def hub_data(cfg: config_mod.Config) -> bool:
     return not (name.startswith(("builtin:", "s3://", "channel:")) or _is_local(name))
 
 
+ISOLATED = "--network-isolation: the {what} has no network"
+
+
+def staging_problem(model_name: str, what: str = "job", also: str = "") -> str:
+    """A Hub model the job or serving container would download, refused under isolation: stage it once."""
+    return (
+        f"{ISOLATED.format(what=what)} to download {model_name} from the Hugging Face Hub; stage the weights in S3 "
+        f"once (`python -m launch sagemaker stage-model MODEL_ID --revision SHA`) and pass --model-s3 URI{also}"
+    )
+
+
+def secret_problem(what: str = "job") -> str:
+    return (
+        f"{ISOLATED.format(what=what)} to read --hf-token-secret from Secrets Manager; drop it (a staged model needs "
+        "none)"
+    )
+
+
 def isolation_problems(
     acct: Account, cfg: config_mod.Config, image: str, secret: str | None, model_s3: str | None = None
 ) -> list[str]:
@@ -117,7 +140,7 @@ def isolation_problems(
     a channel, and it can publish only through SageMaker's own model output."""
     if not acct.network_isolation:
         return []
-    why = "--network-isolation: the job has no network"
+    why = ISOLATED.format(what="job")
     problems = []
     if image == "dlc":
         problems.append(
@@ -126,9 +149,10 @@ def isolation_problems(
         )
     if hub_model(cfg) and not model_s3:
         problems.append(
-            f"{why} to download model.name={cfg.model.name} from the Hugging Face Hub; stage the weights in S3 once "
-            "(`python -m launch sagemaker stage-model MODEL_ID --revision SHA`) and pass --model-s3 URI, or pass "
-            "model.name=s3://BUCKET/PREFIX (or a local folder), which travels as the `model` channel"
+            staging_problem(
+                f"model.name={cfg.model.name}",
+                also=", or pass model.name=s3://BUCKET/PREFIX (or a local folder), which travels as the `model` channel",
+            )
         )
     if hub_data(cfg):
         problems.append(
@@ -136,7 +160,7 @@ def isolation_problems(
             "which travels as the `data` channel"
         )
     if secret:
-        problems.append(f"{why} to read --hf-token-secret from Secrets Manager; drop it (a staged model needs none)")
+        problems.append(secret_problem())
     if cfg.output.uri.startswith(("s3://", "hf://")):
         problems.append(
             f"{why} to publish to output.uri={cfg.output.uri}; leave output.uri unset: the run folder then comes "
@@ -145,15 +169,19 @@ def isolation_problems(
     return problems
 
 
-def problems(
-    acct: Account,
-    cfg: config_mod.Config,
-    instance_type: str,
-    image: str,
-    secret: str | None,
-    model_s3: str | None = None,
-) -> list[str]:
-    """Every option and combination of options that cannot work, one line each, found without AWS."""
+def serving_isolation_problems(acct: Account, hub_base: str | None, secret: str | None) -> list[str]:
+    """Network isolation of an endpoint's or transform job's container: it reads only its model data, so a Hub base
+    model (`hub_base`: the one it would download, None when the run holds its model or it comes staged) and the
+    token's secret are refused."""
+    if not acct.network_isolation:
+        return []
+    return ([staging_problem(hub_base, what="container")] if hub_base else []) + (
+        [secret_problem(what="container")] if secret else []
+    )
+
+
+def option_problems(acct: Account, instance_type: str) -> list[str]:
+    """The options themselves, one line each: ids, keys, limits, and the volume key on NVMe instances."""
     found = []
     if bool(acct.subnets) != bool(acct.security_groups):
         given, missing = ("--subnets", "--security-groups") if acct.subnets else ("--security-groups", "--subnets")
@@ -181,16 +209,29 @@ def problems(
         )
     if acct.retries is not None and not 1 <= acct.retries <= MAX_RETRIES:
         found.append(f"--retries {acct.retries}: must be 1-{MAX_RETRIES}")
-    return found + isolation_problems(acct, cfg, image, secret, model_s3)
+    return found
 
 
-def notes(acct: Account, instance_type: str) -> list[str]:
-    """What the dry run says about the account options beyond the request itself."""
+def problems(
+    acct: Account,
+    cfg: config_mod.Config,
+    instance_type: str,
+    image: str,
+    secret: str | None,
+    model_s3: str | None = None,
+) -> list[str]:
+    """Every option and combination of options that cannot work, one line each, found without AWS."""
+    return option_problems(acct, instance_type) + isolation_problems(acct, cfg, image, secret, model_s3)
+
+
+def notes(acct: Account, instance_type: str, output: bool = True) -> list[str]:
+    """What the dry run says about the account options beyond the request itself; `output=False` for an endpoint,
+    which writes no output the key could encrypt."""
     lines = []
     if acct.kms_key and not acct.volume_kms_key and has_nvme(instance_type):
         lines.append(
-            f"--kms-key: encrypts the output; {instance_type} keeps /opt/ml on NVMe instance storage, which its "
-            "hardware encrypts, so no VolumeKmsKeyId is sent"
+            f"--kms-key: {'encrypts the output; ' if output else ''}{instance_type} keeps /opt/ml on NVMe instance "
+            "storage, which its hardware encrypts, so no VolumeKmsKeyId is sent"
         )
     return lines
 

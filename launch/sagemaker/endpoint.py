@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from job import tables
 from launch import service_model
 from launch.errors import BadInput, LaunchError
-from launch.sagemaker import serving
+from launch.sagemaker import account, serving
 
 VARIANT = "AllTraffic"
 CONTENT_TYPE = "application/json"
@@ -44,8 +44,14 @@ def requests_for(
     secret: str | None,
     instance_type: str,
     count: int,
+    acct: account.Account | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The three requests `deploy` sends, by operation; the model, its config and the endpoint share one name."""
+    """The three requests `deploy` sends, by operation; the model, its config and the endpoint share one name. The
+    account options: the VPC and isolation on the model, the volume's key on the config where it has an EBS one."""
+    acct = acct or account.Account()
+    config: dict[str, Any] = {"EndpointConfigName": name, "ProductionVariants": [], "Tags": serving.tags(run)}
+    if key := account.volume_kms(acct, instance_type):
+        config["KmsKeyId"] = key
     variant = {
         "VariantName": VARIANT,
         "ModelName": name,
@@ -53,13 +59,10 @@ def requests_for(
         "InitialInstanceCount": count,
         **serving.timeouts(run),
     }
+    config["ProductionVariants"].append(variant)
     return {
-        "CreateModel": serving.model_request(name, run, image, role, secret),
-        "CreateEndpointConfig": {
-            "EndpointConfigName": name,
-            "ProductionVariants": [variant],
-            "Tags": serving.tags(run),
-        },
+        "CreateModel": serving.model_request(name, run, image, role, secret, acct),
+        "CreateEndpointConfig": config,
         "CreateEndpoint": {"EndpointName": name, "EndpointConfigName": name, "Tags": serving.tags(run)},
     }
 

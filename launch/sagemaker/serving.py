@@ -20,11 +20,11 @@ import yaml
 from botocore.exceptions import ClientError
 
 from job import config as config_mod
-from job import memory, secrets
+from job import memory, runtime, secrets
 from job.preflight import HUB_BYTES_PER_PARAM
 from launch import catalog, service_model
 from launch.errors import BadInput, LaunchError
-from launch.sagemaker import follow
+from launch.sagemaker import account, follow, stage
 from launch.sagemaker.checks import GATED_PREFIXES, PLACEHOLDERS, refuse_secrets
 from launch.sagemaker.request import PROJECT, SECRET_ENV
 
@@ -55,13 +55,18 @@ FIELD_FIXES = {
     "EndpointConfigName": "fix --name",
     "TransformJobName": "fix --name",
     "ExecutionRoleArn": "fix --role",
-    "PrimaryContainer": "fix --image or RUN",
+    "PrimaryContainer": "fix --image, --model-s3 or RUN",
     "Tags": "fix --name or RUN (tags hold the run's name and folder)",
     "ProductionVariants": "fix --instance or --instance-count",
-    "TransformResources": "fix --instance",
+    "TransformResources": "fix --instance or --kms-key",
     "TransformInput": "fix --input",
-    "TransformOutput": "fix --output",
+    "TransformOutput": "fix --output or --kms-key",
+    "VpcConfig": "fix --subnets or --security-groups",
+    "KmsKeyId": "fix --kms-key or --volume-kms-key",
 }
+
+BASE_CHANNEL = "base"
+"""The AdditionalModelDataSources channel of a staged base model (`--model-s3`)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -79,6 +84,12 @@ class Run:
     cfg: config_mod.Config
     metrics: dict[str, Any] | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    base_model: str = ""
+    """The base model's public name: model.name, or for a run trained on staged weights (`channel:model`) the hub id
+    its adapter records."""
+    staged: str | None = None
+    """`--model-s3`: the staged base model's S3 prefix, read as model data beside the run."""
+    staged_bytes: int = 0
 
     @property
     def files(self) -> dict[str, int]:
@@ -95,6 +106,11 @@ class Run:
     def full_model(self) -> bool:
         """The run holds whole weights (a merged model, `method=full`, a built-in base): no Hub download at start."""
         return self.holds("merged") or self.holds("base_model") or self.cfg.method == "full"
+
+    @property
+    def needs_base(self) -> bool:
+        """The container loads a base model besides the run folder (an adapter on a Hub or staged base)."""
+        return not (self.full_model or self.cfg.model.name.startswith("builtin:"))
 
 
 def locate(sm: Any, s3: Any, run: str) -> str:
@@ -154,14 +170,34 @@ def read_run(s3: Any, uri: str) -> Run:
     )
     if not (run.holds("adapter") or run.holds("merged") or cfg.method == "full"):
         raise LaunchError(f"{uri} holds neither adapter/ nor a model; it cannot be served")
+    run.base_model = cfg.model.name
+    if cfg.model.name.startswith(runtime.CHANNEL) and run.holds("adapter"):
+        adapter = json.loads(_read(s3, uri, "adapter/adapter_config.json") or b"{}")
+        run.base_model = adapter.get("base_model_name_or_path") or cfg.model.name
     return run
+
+
+def use_staged(s3: Any, run: Run, uri: str) -> None:
+    """`--model-s3 URI`: a complete staging of the run's base model (and its pinned commit), read as model data."""
+    if not run.needs_base:
+        raise BadInput(
+            f"--model-s3 {uri}: {run.uri} holds its whole model (no base is loaded beside it); drop --model-s3"
+        )
+    record = stage.check_staged(s3, uri, run.base_model, run.cfg.model.revision)
+    run.staged = uri.rstrip("/") + "/"
+    run.staged_bytes = sum(f.get("size", 0) for f in record.get("files", []))
 
 
 def run_problems(run: Run) -> list[str]:
     """What stops the serving container from loading the run's model."""
     name = run.cfg.model.name
-    if run.full_model or name.startswith("builtin:") or secrets.is_hub_id(name):
+    if not run.needs_base or run.staged or secrets.is_hub_id(name):
         return []
+    if name.startswith(runtime.CHANNEL):
+        return [
+            f"the run's base model came staged ({name}, {run.base_model}); pass --model-s3 with the URI "
+            f"`python -m launch sagemaker {stage.COMMAND}` printed for it, which the container reads as model data"
+        ]
     return [
         f"the run's base model {name} is a folder on the training instance, which the serving container cannot read; "
         "retrain with a Hub model id (or output.merge=true, which puts the whole model in the run folder)"
@@ -170,7 +206,7 @@ def run_problems(run: Run) -> list[str]:
 
 def run_warnings(run: Run, secret: str | None) -> list[str]:
     name = run.cfg.model.name
-    if not run.full_model and name.startswith(GATED_PREFIXES) and not secret:
+    if run.needs_base and not run.staged and name.startswith(GATED_PREFIXES) and not secret:
         return [
             f"{name} is gated on the Hugging Face Hub and the container downloads it at start: pass "
             "--hf-token-secret ID (the secret the training launch used)"
@@ -184,7 +220,7 @@ def run_warnings(run: Run, secret: str | None) -> list[str]:
 
 def hub_bytes(run: Run) -> int:
     """Bytes of base weights the container downloads from the Hub at start (none when the run holds the model)."""
-    if run.full_model or not secrets.is_hub_id(run.cfg.model.name):
+    if not run.needs_base or run.staged or not secrets.is_hub_id(run.cfg.model.name):
         return 0
     try:
         arch = memory.architecture(run.cfg.model.name)
@@ -202,9 +238,9 @@ def timeouts(run: Run) -> dict[str, int]:
     """ModelDataDownloadTimeoutInSeconds (the run folder from S3) and ContainerStartupHealthCheckTimeoutInSeconds
     (the base from the Hub, every weight read, until `/ping` answers), each MARGIN times what the assumed rates
     give, within what the service accepts."""
-    hub = hub_bytes(run)
-    download = 60 + MARGIN * run.bytes / S3_BYTES_PER_S
-    startup = STARTUP_S + MARGIN * (hub / HUB_BYTES_PER_S + (hub + run.bytes) / LOAD_BYTES_PER_S)
+    hub, data = hub_bytes(run), run.bytes + run.staged_bytes
+    download = 60 + MARGIN * data / S3_BYTES_PER_S
+    startup = STARTUP_S + MARGIN * (hub / HUB_BYTES_PER_S + (hub + data) / LOAD_BYTES_PER_S)
     return {
         "ModelDataDownloadTimeoutInSeconds": _clamp(download),
         "ContainerStartupHealthCheckTimeoutInSeconds": _clamp(startup),
@@ -219,6 +255,11 @@ def size_line(run: Run) -> str:
     line = f"model: run folder {gb(run.bytes)} ({len(run.files)} files) as model data"
     if hub:
         line += f", base {run.cfg.model.name} ~{gb(hub)} from the Hugging Face Hub at start"
+    if run.staged:
+        line += (
+            f", base {run.base_model} {gb(run.staged_bytes)} staged at {run.staged} as model data "
+            f"(AdditionalModelDataSources `{BASE_CHANNEL}`), no Hugging Face token"
+        )
     return line
 
 
@@ -291,17 +332,30 @@ def shown_role(role: str | None) -> str:
 # Requests
 
 
-def model_request(name: str, run: Run, image: str, role: str, secret: str | None) -> dict[str, Any]:
-    """CreateModel: our image with the run folder as uncompressed model data under /opt/ml/model. The Hugging Face
-    token travels as its secret's ARN only, which the container reads as the training job does (job/secrets.py)."""
+def model_request(
+    name: str, run: Run, image: str, role: str, secret: str | None, acct: account.Account | None = None
+) -> dict[str, Any]:
+    """CreateModel: our image with the run folder as uncompressed model data under /opt/ml/model, and a staged base
+    (`--model-s3`) beside it as AdditionalModelDataSources, which the server loads instead of the Hub's. The Hugging
+    Face token travels as its secret's ARN only, which the container reads as the training job does
+    (job/secrets.py). The account options add the VPC and network isolation."""
+    acct = acct or account.Account()
     container: dict[str, Any] = {
         "Image": image,
         "Mode": "SingleModel",
-        "ModelDataSource": {"S3DataSource": {"S3Uri": run.uri, "S3DataType": "S3Prefix", "CompressionType": "None"}},
+        "ModelDataSource": stage.model_data_source(run.uri),
     }
+    environment = account.environment(acct)
+    if run.staged:
+        container["AdditionalModelDataSources"] = [stage.additional_model_data_source(run.staged, BASE_CHANNEL)]
+        environment[runtime.BASE_MODEL_ENV] = str(runtime.ADDITIONAL_MODEL_DATA / BASE_CHANNEL)
     if secret:
-        container["Environment"] = {SECRET_ENV: secret}
-    return {"ModelName": name, "ExecutionRoleArn": role, "PrimaryContainer": container, "Tags": tags(run)}
+        environment[SECRET_ENV] = secret
+    if environment:
+        container["Environment"] = environment
+    request = {"ModelName": name, "ExecutionRoleArn": role, "PrimaryContainer": container, "Tags": tags(run)}
+    fields = {"VpcConfig": account.vpc_config(acct), "EnableNetworkIsolation": account.network_isolation(acct)}
+    return request | {k: v for k, v in fields.items() if v is not None}
 
 
 def request_problems(operation: str, request: dict[str, Any]) -> list[str]:

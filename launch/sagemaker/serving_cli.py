@@ -1,6 +1,7 @@
 """`python -m launch sagemaker deploy|invoke|delete|endpoints|transform`: serve a finished run on SageMaker.
 
-    python -m launch sagemaker deploy RUN --instance ml.g5.xlarge [--image URI] [--hf-token-secret ID] [--dry-run]
+    python -m launch sagemaker deploy RUN --instance ml.g5.xlarge [--image URI] [--hf-token-secret ID | --model-s3 URI]
+        [--subnets ID ... --security-groups ID ...] [--network-isolation] [--kms-key KEY] [--dry-run]
     python -m launch sagemaker invoke ENDPOINT --input dialogues.jsonl [--output summaries.jsonl]
     python -m launch sagemaker endpoints
     python -m launch sagemaker delete ENDPOINT
@@ -22,7 +23,7 @@ from typing import Any
 
 from launch import service_model
 from launch.errors import BadInput, LaunchError
-from launch.sagemaker import checks, follow, serving
+from launch.sagemaker import account, checks, follow, serving, stage
 from launch.sagemaker import endpoint as ep
 from launch.sagemaker import transform as tf
 
@@ -54,12 +55,18 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--role", help="execution role ARN or name (default: the SDK's resolution)")
         s.add_argument("--hf-token-secret", metavar="ID", help="Secrets Manager id or ARN of the Hugging Face token")
         s.add_argument(
+            "--model-s3",
+            metavar="S3_URI",
+            help=f"the run's base model staged by `{stage.COMMAND}`: read as model data beside the run, no Hub token",
+        )
+        s.add_argument(
             "--name", help="the endpoint's name (transform: the job's, before its timestamp); default: the run's name"
         )
         s.add_argument("--dry-run", action="store_true", help="print the requests and the hourly cost; create nothing")
         s.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="wait for the end (default)")
         s.set_defaults(create_secret=False)
         common(s)
+        account.add_options(s, training=False)
 
     deploy = sub.add_parser("deploy", help="a real-time endpoint for a finished run")
     model_options(deploy)
@@ -110,6 +117,9 @@ def _options_problems(args: argparse.Namespace) -> list[str]:
         )
     if args.name is not None:
         problems += serving.name_problems(args.name)
+    if args.model_s3 is not None and (problem := stage.model_s3_problem(args.model_s3)):
+        problems.append(problem)
+    problems += account.option_problems(account.from_args(args), args.instance)
     if getattr(args, "check", 0) < 0:
         problems.append(f"--check {args.check}: give a number of dialogues, 0 for none")
     if args.command == "transform":
@@ -136,6 +146,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, str, serving.Run]:
     try:
         uri = serving.locate(boto.client("sagemaker"), boto.client("s3"), args.run)
         run = serving.read_run(boto.client("s3"), uri)
+        if args.model_s3:
+            serving.use_staged(boto.client("s3"), run, args.model_s3)
     except NoCredentialsError:
         if not args.dry_run:
             raise
@@ -146,6 +158,10 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, str, serving.Run]:
     problems = serving.run_problems(run)
     if problems:
         raise LaunchError(*problems)
+    hub_base = run.base_model if run.needs_base and not run.staged else None
+    problems = account.serving_isolation_problems(account.from_args(args), hub_base, args.hf_token_secret)
+    if problems:
+        raise BadInput(*problems)
     return boto, region, run
 
 
@@ -167,6 +183,16 @@ def _show(requests: dict[str, Any], run: serving.Run) -> None:
     _note(serving.size_line(run))
 
 
+def _notes(args: argparse.Namespace, run: serving.Run, secret: str | None) -> account.Account:
+    """The warnings about the run and what the account options do beyond the requests; returns those options."""
+    for warning in serving.run_warnings(run, secret):
+        _note(f"warning: {warning}")
+    acct = account.from_args(args)
+    for line in account.notes(acct, args.instance, output=args.command == "transform"):
+        _note(line)
+    return acct
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Commands
 
@@ -175,9 +201,10 @@ def deploy(args: argparse.Namespace) -> int:
     boto, region, run = _prepare(args)
     name = serving.resource_name(args.name, run)
     image, role, secret, _ = _identity(args, boto, region)
-    for warning in serving.run_warnings(run, secret):
-        _note(f"warning: {warning}")
-    requests = serving.checked(ep.requests_for(name, run, image, role, secret, args.instance, args.instance_count))
+    acct = _notes(args, run, secret)
+    requests = serving.checked(
+        ep.requests_for(name, run, image, role, secret, args.instance, args.instance_count, acct)
+    )
     cost = ep.cost_lines(args.instance, args.instance_count, name, region)
     if args.dry_run:
         _show(requests, run)
@@ -242,10 +269,11 @@ def transform(args: argparse.Namespace) -> int:
     parent = run.uri.rstrip("/").rsplit("/", 1)[0].removesuffix("/runs")
     destination = (args.output or f"{parent}/transforms/{name}").rstrip("/") + "/"
     image, role, secret, _ = _identity(args, boto, region)
-    for warning in serving.run_warnings(run, secret):
-        _note(f"warning: {warning}")
+    acct = _notes(args, run, secret)
     requests = serving.checked(
-        tf.requests_for(name, run, image, role, secret, args.instance, args.instance_count, args.input, destination)
+        tf.requests_for(
+            name, run, image, role, secret, args.instance, args.instance_count, args.input, destination, acct
+        )
     )
     cost = tf.cost_lines(requests["CreateTransformJob"], run)
     if args.dry_run:

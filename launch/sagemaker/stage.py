@@ -197,9 +197,9 @@ def read_manifest(s3: Any, uri: str) -> bytes | None:
         raise
 
 
-def check_staged(s3: Any, uri: str, model_id: str, revision: str | None = None) -> None:
+def check_staged(s3: Any, uri: str, model_id: str, revision: str | None = None) -> dict[str, Any]:
     """`--model-s3 URI` must hold a complete staging (its staged-model.json), of the model (and pinned commit) the
-    config names."""
+    config names; returns that record."""
     record = read_manifest(s3, uri)
     if record is None:
         raise LaunchError(
@@ -217,6 +217,7 @@ def check_staged(s3: Any, uri: str, model_id: str, revision: str | None = None) 
             f"--model-s3 {uri} holds {model_id} at {staged['revision']}, but the config pins model.revision={revision}; "
             "stage that commit or pass its staged URI"
         )
+    return staged
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from launch import catalog
 from launch.errors import LaunchError
-from launch.sagemaker import follow, serving
+from launch.sagemaker import account, follow, serving
 
 CONTENT_TYPE = "application/jsonlines"
 OPERATIONS = ["CreateModel", "CreateTransformJob"]
@@ -47,8 +47,22 @@ def max_payload(run: serving.Run, instance_type: str) -> int:
 
 
 def job_request(
-    name: str, run: serving.Run, instance_type: str, count: int, source: str, destination: str
+    name: str,
+    run: serving.Run,
+    instance_type: str,
+    count: int,
+    source: str,
+    destination: str,
+    acct: account.Account | None = None,
 ) -> dict[str, Any]:
+    """CreateTransformJob; the account's keys encrypt the output and, where the instance has an EBS one, the volume."""
+    acct = acct or account.Account()
+    output = {"S3OutputPath": destination, "Accept": CONTENT_TYPE, "AssembleWith": "Line"}
+    resources: dict[str, Any] = {"InstanceType": instance_type, "InstanceCount": count}
+    if key := account.output_kms(acct):
+        output["KmsKeyId"] = key
+    if key := account.volume_kms(acct, instance_type):
+        resources["VolumeKmsKeyId"] = key
     return {
         "TransformJobName": name,
         "ModelName": name,
@@ -62,8 +76,8 @@ def job_request(
             "CompressionType": "None",
             "SplitType": "Line",
         },
-        "TransformOutput": {"S3OutputPath": destination, "Accept": CONTENT_TYPE, "AssembleWith": "Line"},
-        "TransformResources": {"InstanceType": instance_type, "InstanceCount": count},
+        "TransformOutput": output,
+        "TransformResources": resources,
         "Tags": serving.tags(run),
     }
 
@@ -78,10 +92,11 @@ def requests_for(
     count: int,
     source: str,
     destination: str,
+    acct: account.Account | None = None,
 ) -> dict[str, dict[str, Any]]:
     return {
-        "CreateModel": serving.model_request(name, run, image, role, secret),
-        "CreateTransformJob": job_request(name, run, instance_type, count, source, destination),
+        "CreateModel": serving.model_request(name, run, image, role, secret, acct),
+        "CreateTransformJob": job_request(name, run, instance_type, count, source, destination, acct),
     }
 
 
