@@ -88,11 +88,12 @@ def _wants_the_image(config: pytest.Config) -> bool:
     return any(p.is_dir() or p.name in CONTAINER_TEST_FILES for p in paths)
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def pytest_sessionstart(session: pytest.Session) -> None:
     """Start building the image as the run starts (in the process that runs pytest, or that hands the tests to the
     xdist workers), while the tests that need no image run; `built` waits for it. Made once, as `once_per_test_run`
     makes it, so a worker that gets there first waits on the same lock."""
     global _early_build
+    config = session.config
     if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("CONTAINER_IMAGE") or not _wants_the_image(config):
         return
     engine, _ = container_engine()
