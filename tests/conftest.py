@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,10 @@ import pytest
 from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one torch thread each (and in the jobs they start) instead of two threads fighting for
+    # each core. Set before anything imports torch; the container test that compares with a host run passes it on.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 pytest_plugins = ["tests.container_fixtures"]  # the engine, the built image and their helpers, shared once
 SCORE_KEYS = {
     "rouge1",
@@ -117,3 +122,15 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.path.name not in CONTAINER_TEST_FILES:
             item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+@pytest.fixture(autouse=True)
+def _no_job_log_handler_left_behind():
+    """A test that runs the job in-process leaves the job's log handler on the root logger, at INFO: the next test's
+    captured stderr would then hold other libraries' INFO lines. Taken off after each test."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if getattr(h, "_job_handler", False)]:
+        root.removeHandler(handler)
+    root.setLevel(level)

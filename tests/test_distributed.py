@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,13 @@ from tests.conftest import REPO, job_env
 pytestmark = pytest.mark.slow
 
 
+def free_port() -> int:
+    """A port nothing listens on now: a fixed one can still be held (a killed run's rank, the other xdist worker)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(*args: str) -> list[str]:
     return [
         sys.executable,
@@ -28,7 +36,7 @@ def torchrun(*args: str) -> list[str]:
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        str(free_port()),
         "-m",
         "job",
         "train",

@@ -5,6 +5,7 @@ mapping on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,10 @@ def free_port() -> int:
 def test_image_serves_the_run_at_opt_ml_model(engine, built, trained_run, container_name):
     port = free_port()
     cmd = [engine, "run", "-d", "--name", container_name, "-p", f"127.0.0.1:{port}:8080"]
-    cmd += ["-e", "HF_HUB_OFFLINE=1", "-v", f"{trained_run.dir}:/opt/ml/model:ro", built, "serve"]
+    cmd += ["-e", "HF_HUB_OFFLINE=1", "-v", f"{trained_run.dir}:/opt/ml/model:ro"]
+    if "OMP_NUM_THREADS" in os.environ:  # the same torch threads as the host run it is compared with
+        cmd += ["-e", f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"]
+    cmd += [built, "serve"]
     started = run(cmd)
     assert started.returncode == 0, started.stderr
     url = f"http://127.0.0.1:{port}"
