@@ -7,7 +7,6 @@ an hour, and deleting an endpoint with its config and model. Plain boto3 clients
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -97,16 +96,8 @@ def create(sm: Any, requests: dict[str, dict[str, Any]]) -> None:
 
 def wait(sm: Any, name: str, out: Callable[[str], None], poll_s: float = 30.0) -> dict[str, Any]:
     """Print each status change until the endpoint is InService or has failed; return its last description."""
-    last = None
-    while True:
-        endpoint = sm.describe_endpoint(EndpointName=name)
-        status = endpoint["EndpointStatus"]
-        if status != last:
-            out(f"[{status}] {name}")
-            last = status
-        if status in ENDPOINT_TERMINAL:
-            return endpoint
-        time.sleep(poll_s)
+    describe = lambda: sm.describe_endpoint(EndpointName=name)  # noqa: E731
+    return serving.wait_for(describe, "EndpointStatus", ENDPOINT_TERMINAL, name, out, poll_s)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,3 +423,25 @@ def instance_problems(instance_type: str, count: int) -> list[str]:
     if count < 1:
         problems.append(f"--instance-count {count}: must be at least 1")
     return problems
+
+
+def wait_for(
+    describe: Callable[[], dict[str, Any]],
+    status_key: str,
+    terminal: Collection[str],
+    name: str,
+    out: Callable[[str], None],
+    poll_s: float,
+) -> dict[str, Any]:
+    """Print each status change of an endpoint or a transform job until it is in a terminal one; return its last
+    description."""
+    last = None
+    while True:
+        described = describe()
+        status = described[status_key]
+        if status != last:
+            out(f"[{status}] {name}")
+            last = status
+        if status in terminal:
+            return described
+        time.sleep(poll_s)

@@ -178,9 +178,14 @@ def _identity(args: argparse.Namespace, boto: Any, region: str) -> tuple[str, st
     return image, serving.resolve_role(args.role, boto), secret, account
 
 
-def _show(requests: dict[str, Any], run: serving.Run) -> None:
+def _show(requests: dict[str, Any], run: serving.Run, cost: list[str]) -> int:
+    """The dry run: the requests as they would be sent, the model's size and what it would cost."""
     print(json.dumps(requests, indent=2))
     _note(serving.size_line(run))
+    for line in cost:
+        _note(line)
+    _note("dry run: read the run folder, created nothing")
+    return 0
 
 
 def _notes(args: argparse.Namespace, run: serving.Run, secret: str | None) -> account.Account:
@@ -207,11 +212,7 @@ def deploy(args: argparse.Namespace) -> int:
     )
     cost = ep.cost_lines(args.instance, args.instance_count, name, region)
     if args.dry_run:
-        _show(requests, run)
-        for line in cost:
-            _note(line)
-        _note("dry run: read the run folder, created nothing")
-        return 0
+        return _show(requests, run, cost)
     sm = boto.client("sagemaker")
     found = ep.taken(sm, name)
     if found:
@@ -277,11 +278,7 @@ def transform(args: argparse.Namespace) -> int:
     )
     cost = tf.cost_lines(requests["CreateTransformJob"], run)
     if args.dry_run:
-        _show(requests, run)
-        for line in cost:
-            _note(line)
-        _note("dry run: read the run folder, created nothing")
-        return 0
+        return _show(requests, run, cost)
     sm = boto.client("sagemaker")
     serving.guard(boto, tf.OPERATIONS)
     sm.create_model(**requests["CreateModel"])

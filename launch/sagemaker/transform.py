@@ -7,7 +7,6 @@ torch.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,16 +135,9 @@ def running(sm: Any) -> list[dict[str, Any]]:
 
 
 def wait(sm: Any, name: str, out: Callable[[str], None], poll_s: float = 30.0) -> dict[str, Any]:
-    last = None
-    while True:
-        job = sm.describe_transform_job(TransformJobName=name)
-        status = job["TransformJobStatus"]
-        if status != last:
-            out(f"[{status}] {name}")
-            last = status
-        if status in TERMINAL:
-            return job
-        time.sleep(poll_s)
+    """Print each status change until the transform job has ended; return its last description."""
+    describe = lambda: sm.describe_transform_job(TransformJobName=name)  # noqa: E731
+    return serving.wait_for(describe, "TransformJobStatus", TERMINAL, name, out, poll_s)
 
 
 def _keys(s3: Any, uri: str) -> list[str]:
