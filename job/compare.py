@@ -123,8 +123,9 @@ def _read_local(folder: Path) -> tuple[bytes, bytes | None]:
 
 
 def _read_s3(uri: str, where: uri_mod.Location | None) -> tuple[bytes, bytes | None]:
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError
 
+    from job.destination import S3_MISSING, reading_a_run_from_s3, s3_code
     from job.publish import s3_client
 
     bucket, prefix = (where.bucket, where.prefix) if where else ("", "")
@@ -132,11 +133,11 @@ def _read_s3(uri: str, where: uri_mod.Location | None) -> tuple[bytes, bytes | N
         raise ConfigInputError(f"{uri}: name the run's own prefix, s3://bucket/prefix/<run name>")
     client = s3_client()
     key = f"{prefix}/{METRICS_FILE}"
-    try:
+    with reading_a_run_from_s3(uri, "reading a run", no_bucket=f"bucket {bucket} does not exist ({uri})"):
         try:
             data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as e:
-            if _s3_code(e) in ("NoSuchKey", "404", "NotFound"):
+            if s3_code(e) in S3_MISSING:
                 raise ConfigInputError(
                     f"s3://{bucket}/{key} does not exist: {uri} is not a run (runs lie at s3://bucket/prefix/<run name>)"
                 ) from None
@@ -144,7 +145,7 @@ def _read_s3(uri: str, where: uri_mod.Location | None) -> tuple[bytes, bytes | N
         try:
             client.head_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")
         except ClientError as e:
-            if _s3_code(e) in ("NoSuchKey", "404", "NotFound"):
+            if s3_code(e) in S3_MISSING:
                 raise ConfigInputError(
                     f"{uri} has no {MANIFEST}: its upload did not finish; finish it with "
                     f"`python -m job publish <local run folder> --to s3://{bucket}/{prefix.rpartition('/')[0]}`"
@@ -153,29 +154,10 @@ def _read_s3(uri: str, where: uri_mod.Location | None) -> tuple[bytes, bytes | N
         try:
             config = client.get_object(Bucket=bucket, Key=f"{prefix}/{CONFIG_FILE}")["Body"].read()
         except ClientError as e:
-            if _s3_code(e) not in ("NoSuchKey", "404", "NotFound"):
+            if s3_code(e) not in S3_MISSING:
                 raise
             config = None
-    except NoCredentialsError:
-        raise AuthError(
-            f"no AWS credentials to read {uri}: use an IAM role or set AWS_PROFILE or AWS_ACCESS_KEY_ID"
-        ) from None
-    except ClientError as e:
-        code = _s3_code(e)
-        if code == "NoSuchBucket":
-            raise ConfigInputError(f"bucket {bucket} does not exist ({uri})") from None
-        if code in ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise AuthError(f"no access to {uri} ({code}): reading a run needs s3:GetObject on it") from None
-        raise OutputError(f"cannot read {uri} ({code or e.__class__.__name__})") from None
-    except BotoCoreError as e:
-        raise OutputError(
-            f"cannot reach S3 for {uri} ({e.__class__.__name__}); check the network or AWS_ENDPOINT_URL"
-        ) from None
     return data, config
-
-
-def _s3_code(error: Exception) -> str:
-    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def _read_hub(uri: str, where: uri_mod.Location | None) -> tuple[bytes, bytes | None]:

@@ -9,9 +9,11 @@ once per run (`hub_account`); the answer is passed to every check that needs it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from job import publish
@@ -213,3 +215,40 @@ def check_hub_namespace(repo_id: str, account: dict[str, Any] | None) -> None:
             "ask an admin of the organization for the write role, or publish under your own account"
         )
     log.info("destination hf://%s: will be created by %s", repo_id, name)
+
+
+S3_MISSING = ("NoSuchKey", "404", "NotFound")
+S3_DENIED = ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
+
+def s3_code(error: Exception) -> str:
+    """The error code of a botocore ClientError ('' for anything else)."""
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+
+@contextlib.contextmanager
+def reading_a_run_from_s3(uri: str, purpose: str, no_bucket: str, missing: str | None = None) -> Iterator[None]:
+    """S3's errors while reading a finished run (`job serve`, `job compare`) as the job's one-line errors. `purpose`
+    says what needs s3:GetObject, `no_bucket` is the line for a bucket that does not exist, `missing` the one for a
+    missing object (None: reported as an unreadable run)."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        yield
+    except NoCredentialsError:
+        raise AuthError(
+            f"no AWS credentials to read {uri}: use an IAM role or set AWS_PROFILE or AWS_ACCESS_KEY_ID"
+        ) from None
+    except ClientError as e:
+        code = s3_code(e)
+        if missing and code in S3_MISSING:
+            raise ConfigInputError(missing) from None
+        if code == "NoSuchBucket":
+            raise ConfigInputError(no_bucket) from None
+        if code in S3_DENIED:
+            raise AuthError(f"no access to {uri} ({code}): {purpose} needs s3:GetObject on it") from None
+        raise OutputError(f"cannot read {uri} ({code or e.__class__.__name__})") from None
+    except BotoCoreError as e:
+        raise OutputError(
+            f"cannot reach S3 for {uri} ({e.__class__.__name__}); check the network or AWS_ENDPOINT_URL"
+        ) from None

@@ -146,32 +146,19 @@ def wanted(path: str, merged: bool) -> bool:
     return path in RUN_FILES or top in WEIGHT_FOLDERS or (merged and top == "merged")
 
 
-@contextlib.contextmanager
 def s3_errors(uri: str):
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    """S3's errors while reading the run to serve, as one line each (job.destination)."""
+    from job import destination
 
-    try:
-        yield
-    except NoCredentialsError:
-        raise AuthError(
-            f"no AWS credentials to read {uri}: use an IAM role or set AWS_PROFILE or AWS_ACCESS_KEY_ID"
-        ) from None
-    except ClientError as e:
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise ConfigInputError(
-                f"--run {uri} has no manifest.json: not a finished run (runs lie at s3://bucket/prefix/<run name>, "
-                "and an unfinished upload is finished with `python -m job publish`)"
-            ) from None
-        if code == "NoSuchBucket":
-            raise ConfigInputError(f"bucket of --run {uri} does not exist; fix --run") from None
-        if code in ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise AuthError(f"no access to {uri} ({code}): serving a run needs s3:GetObject on it") from None
-        raise OutputError(f"cannot read {uri} ({code or e.__class__.__name__})") from None
-    except BotoCoreError as e:
-        raise OutputError(
-            f"cannot reach S3 for {uri} ({e.__class__.__name__}); check the network or AWS_ENDPOINT_URL"
-        ) from None
+    return destination.reading_a_run_from_s3(
+        uri,
+        "serving a run",
+        no_bucket=f"bucket of --run {uri} does not exist; fix --run",
+        missing=(
+            f"--run {uri} has no manifest.json: not a finished run (runs lie at s3://bucket/prefix/<run name>, "
+            "and an unfinished upload is finished with `python -m job publish`)"
+        ),
+    )
 
 
 def fetch_s3(where: uri_mod.Location, dest: Path, merged: bool) -> Path:
