@@ -26,7 +26,7 @@ smoke: setup
 
 test: setup
 	bash container/ci-setup.sh
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not container and not slow"

@@ -65,6 +65,59 @@ def run_job(
     )
 
 
+def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m job ARGS` as `job.cli.main(ARGS)` in this process, as TRL's test_cli does: the same command line,
+    environment (exactly `env`, default `job_env()`) and working folder (REPO), stdout and stderr captured, without
+    an interpreter start and the torch import (~7 s of each job process on two cores). For the runs whose point is
+    not the process itself: signals, PID 1, torchrun and huggingface_hub's settings read at import (HF_ENDPOINT)
+    need `run_job`.
+
+    Everything a run leaves in the process is put back afterwards: the environment (the job exports HF_TOKEN),
+    registered secrets, signal handlers, the log handler, the watchdog, the working folder, and boto3's default
+    session (it keeps the credentials it resolved first)."""
+    import contextlib
+    import io
+    import signal
+    import traceback
+
+    import boto3
+
+    from job import cli, logs, watchdog
+
+    env = env or job_env()
+    saved_env, saved_cwd, saved_boto = dict(os.environ), os.getcwd(), boto3.DEFAULT_SESSION
+    boto3.DEFAULT_SESSION = None
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved_secrets = set(logs._SECRETS)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        watchdog.stop()
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_job_handler", False)]:
+            root.removeHandler(handler)  # bound to this run's stderr
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        boto3.DEFAULT_SESSION = saved_boto
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+        logs._SECRETS.clear()
+        logs._SECRETS.update(saved_secrets)
+    return subprocess.CompletedProcess(["python", "-m", "job", *args], code, out.getvalue(), err.getvalue())
+
+
 @dataclass
 class FinishedRun:
     dir: Path
@@ -103,7 +156,7 @@ def trained_run(tmp_path_factory) -> FinishedRun:
     one (in every xdist worker). Tests read it and never write into it."""
 
     def train(parent: Path) -> dict:
-        proc = run_job("train", "--config", "test", f"output.uri={parent}", "output.run_name=shared")
+        proc = run_job_here("train", "--config", "test", f"output.uri={parent}", "output.run_name=shared")
         assert proc.returncode == 0, proc.stderr[-4000:]
         return {"dir": str(parent / "shared"), "stdout": proc.stdout, "stderr": proc.stderr}
 
@@ -114,14 +167,45 @@ def trained_run(tmp_path_factory) -> FinishedRun:
 CONTAINER_TEST_FILES = ("test_container.py", "test_sagemaker_container.py", "test_serve_container.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def _unit(nodeid: str) -> str:
+    """What one xdist worker runs as a whole: a file (its module fixtures, such as the trained runs of
+    test_methods.py, are then made once, on one worker), except a container test file, whose tests share only the
+    image and so spread over both workers one by one."""
+    file = nodeid.split("::", 1)[0]
+    return nodeid if Path(file).name in CONTAINER_TEST_FILES else file
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """`make test` runs under `pytest -n 2 --dist loadgroup`: each file is one group (its module fixtures, such as
-    the trained runs of test_methods.py, are made once, on one worker), except the container tests, which share only
-    the image and so spread over both workers."""
+    """The order the units start in: the slow ones first, then the container tests (by then the image, whose build
+    starts with the run, is more likely ready), then the rest, which fill in at the end so that both workers finish
+    together. Within a unit the order is the file's. Every worker sorts the same way, as xdist requires."""
+    rank = {}
     for item in items:
-        if item.path.name not in CONTAINER_TEST_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
+        unit = _unit(item.nodeid)
+        if item.get_closest_marker("slow") and not item.get_closest_marker("container"):
+            rank[unit] = 0
+        elif item.get_closest_marker("container"):
+            rank.setdefault(unit, 1)
+        else:
+            rank.setdefault(unit, 2)
+    items.sort(key=lambda item: rank[_unit(item.nodeid)])  # stable: collection order within a rank
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which plain `pytest` runs without
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs `pytest -n 2 --dist loadfile`: xdist's file-by-file scheduling, with the container test
+    files split test by test (`_unit`) and the units handed out in collection order (the order above), not by their
+    number of tests. Other `--dist` modes are left to xdist."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    config.option.loadscopereorder = False
+    return ByUnit(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -9,30 +9,24 @@ weights, CUDA out-of-memory on a machine without CUDA, SIGTERM at an exact step)
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
-import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import pytest
 
-from job import cli, faults, logs, training
+from job import faults, training
 from job.errors import ConfigInputError
 from job.faults import ENV as FAULTS
-from tests.conftest import REPO, job_env
+from tests.conftest import REPO, job_env, run_job_here
 from tests.release_layout import FOLDER as RELEASE
 from tests.test_preflight import ALICE, BUCKET, REVOKED, S3Server, moto_with_iam, start_hub
 
@@ -675,7 +669,7 @@ def run(ctx: Context, attempt: Attempt) -> subprocess.CompletedProcess:
         *attempt.overrides,
     ]
     if fresh_process_needed(attempt) is None:
-        return run_in_process(args, env)
+        return run_job_here(*args, env=env)
     prefix = []
     if attempt.bound_by_permissions and os.geteuid() == 0:
         if not shutil.which("setpriv"):
@@ -684,43 +678,6 @@ def run(ctx: Context, attempt: Attempt) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*prefix, sys.executable, "-m", "job", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
     )
-
-
-def run_in_process(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`job.cli.main(args)` with exactly `env` as the environment and REPO as the working folder, its stdout and
-    stderr captured; afterwards everything a run leaves in the process is put back: the environment (the job
-    exports HF_TOKEN), registered secrets, signal handlers, the log handler, the working folder, and boto3's default
-    session (it keeps the credentials it resolved first)."""
-    saved_env, saved_cwd, saved_boto = dict(os.environ), os.getcwd(), boto3.DEFAULT_SESSION
-    boto3.DEFAULT_SESSION = None
-    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    saved_secrets = set(logs._SECRETS)
-    out, err = io.StringIO(), io.StringIO()
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(REPO)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.main(args)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except Exception:
-                traceback.print_exc()
-                code = 1
-    finally:
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if getattr(h, "_job_handler", False)]:
-            root.removeHandler(handler)  # bound to this case's stderr
-        os.environ.clear()
-        os.environ.update(saved_env)
-        os.chdir(saved_cwd)
-        boto3.DEFAULT_SESSION = saved_boto
-        for sig, handler in saved_signals.items():
-            signal.signal(sig, handler)
-        logs._SECRETS.clear()
-        logs._SECRETS.update(saved_secrets)
-    return subprocess.CompletedProcess(["python", "-m", "job", *args], code, out.getvalue(), err.getvalue())
 
 
 def manifests(ctx: Context) -> list[str]:

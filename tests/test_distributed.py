@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from job import rundir
+from job import faults, rundir
 from tests.conftest import REPO, job_env
 
 pytestmark = pytest.mark.slow
@@ -46,8 +46,10 @@ def torchrun(*args: str) -> list[str]:
     ]
 
 
-# 40 steps with a checkpoint every 4: long enough to interrupt after the first one
-LONG_RUN = ("train.max_steps=40", "train.save_steps=4", "train.eval_steps=4", "eval.base=false")
+# 16 steps with a checkpoint every 4; the first run of each test is slowed (SLOWED) so that it is still training
+# when it is interrupted after its first checkpoint, and the run that resumes trains the rest at full speed.
+LONG_RUN = ("train.max_steps=16", "train.save_steps=4", "train.eval_steps=4", "eval.base=false")
+SLOWED = {faults.ENV: "slow_step", faults.SLOW_STEP_ENV: "0.3"}
 
 
 def start_until_a_checkpoint(tmp_path: Path, env: dict[str, str]) -> tuple[list[str], subprocess.Popen]:
@@ -93,7 +95,7 @@ def test_two_processes_write_one_complete_run(tmp_path):
 
 
 def test_killed_and_restarted_it_resumes(tmp_path):
-    args, first = start_until_a_checkpoint(tmp_path, job_env())
+    args, first = start_until_a_checkpoint(tmp_path, job_env(**SLOWED))
     # the launcher and both ranks at once, like a spot reclaim (the ranks run in sessions of their own)
     for process in [*psutil.Process(first.pid).children(recursive=True), psutil.Process(first.pid)]:
         try:
@@ -106,7 +108,7 @@ def test_killed_and_restarted_it_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resuming from checkpoint" in second.stderr
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert metrics["train"]["steps"] == 40 and metrics["run"]["resumed_from"]
+    assert metrics["train"]["steps"] == 16 and metrics["run"]["resumed_from"]
     assert rundir.verify(tmp_path / "ddp") == []
     assert Path(metrics["run"]["resumed_from"]).name.startswith("checkpoint-")
 
@@ -138,8 +140,7 @@ def test_fsdp_on_cpu_processes_says_it_trains_with_ddp_and_saves_a_whole_adapter
 def test_sigterm_reaching_one_rank_stops_both_after_the_same_step_and_the_run_resumes(tmp_path):
     """A signal that reaches one rank alone (or the ranks a step apart) must not leave the other in its next
     all-reduce: both save the same checkpoint and stop, and the same command finishes the run."""
-    env = job_env(DIALOGSUM_FAULTS="slow_step", DIALOGSUM_SLOW_STEP_SECONDS="0.3")
-    args, first = start_until_a_checkpoint(tmp_path, env)
+    args, first = start_until_a_checkpoint(tmp_path, job_env(**SLOWED))
     checkpoints = tmp_path / "ddp" / "checkpoints"
     ranks = {p.environ().get("LOCAL_RANK"): p for p in psutil.Process(first.pid).children(recursive=True)}
     ranks["1"].send_signal(signal.SIGTERM)
@@ -158,4 +159,4 @@ def test_sigterm_reaching_one_rank_stops_both_after_the_same_step_and_the_run_re
     assert second.returncode == 0, second.stderr[-4000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert Path(metrics["run"]["resumed_from"]).name == f"checkpoint-{step}"
-    assert metrics["train"]["steps"] == 40 and rundir.verify(tmp_path / "ddp") == []
+    assert metrics["train"]["steps"] == 16 and rundir.verify(tmp_path / "ddp") == []

@@ -197,9 +197,9 @@ def test_t5_in_context_budget_keeps_the_decoders_tokens_out_of_the_encoder(t5):
 
 
 def test_a_baseline_that_cannot_fit_stops_the_run_before_any_scoring(tmp_path):
-    from tests.conftest import run_job
+    from tests.conftest import run_job_here
 
-    proc = run_job(
+    proc = run_job_here(
         "train",
         "--config",
         "test",
@@ -207,7 +207,6 @@ def test_a_baseline_that_cannot_fit_stops_the_run_before_any_scoring(tmp_path):
         "output.run_name=shots",
         "eval.baselines=[few_shot]",
         "eval.few_shot_examples=80",
-        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "80 shots alone exceed the model's context of 2048 tokens minus eval.max_new_tokens=24" in proc.stderr

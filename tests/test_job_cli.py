@@ -9,7 +9,7 @@ import re
 import yaml
 
 from job import rundir
-from tests.conftest import SCORE_KEYS, run_job
+from tests.conftest import SCORE_KEYS, run_job, run_job_here
 
 LAYOUT = [
     "adapter/adapter_config.json",
@@ -113,7 +113,7 @@ def test_metrics_log_lines(trained_run):
 
 def test_a_complete_run_is_never_overwritten(trained_run):
     before = (trained_run.dir / "manifest.json").read_bytes()
-    proc = run_job("train", "--config", "test", f"output.uri={trained_run.dir.parent}", "output.run_name=shared")
+    proc = run_job_here("train", "--config", "test", f"output.uri={trained_run.dir.parent}", "output.run_name=shared")
     assert proc.returncode == 5
     assert "is complete" in proc.stderr and "Traceback" not in proc.stderr
     assert (trained_run.dir / "manifest.json").read_bytes() == before
@@ -121,7 +121,7 @@ def test_a_complete_run_is_never_overwritten(trained_run):
 
 
 def test_bad_config_is_one_clear_line(tmp_path):
-    proc = run_job("train", "--config", "test", "train.learnig_rate=1", "lora.r=x", f"output.uri={tmp_path}")
+    proc = run_job_here("train", "--config", "test", "train.learnig_rate=1", "lora.r=x", f"output.uri={tmp_path}")
     assert proc.returncode == 2
     assert "unknown key 'train.learnig_rate'" in proc.stderr and "lora.r must be int" in proc.stderr
     assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
@@ -171,6 +171,8 @@ def test_predict_overwrite_replaces_an_existing_file(trained_run, tmp_path):
     src.write_text(json.dumps({"id": row["id"], "dialogue": row["dialogue"]}) + "\n")
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
-    proc = run_job("predict", "--run", str(trained_run.dir), "--input", str(src), "--output", str(out), "--overwrite")
+    proc = run_job_here(
+        "predict", "--run", str(trained_run.dir), "--input", str(src), "--output", str(out), "--overwrite"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text())["summary"] == row["finetuned"]

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from job import builtin, merge, runtime
 from job import config as config_mod
-from tests.conftest import run_job
+from tests.conftest import run_job_here
 
 PROMPT = "Summarize the following conversation.\n\n#Person1#: Shall we meet at noon?\n#Person2#: Yes.\n\nSummary:"
 
@@ -77,7 +77,7 @@ def test_merged_model_stays_out_of_sagemakers_model_folder(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_train_with_merge_writes_a_merged_model_equal_to_the_trained_adapter(tmp_path):
-    result = run_job(
+    result = run_job_here(
         "train", "--config", "test", f"output.uri={tmp_path}", "output.run_name=merged-run", "output.merge=true"
     )
     assert result.returncode == 0, result.stderr[-3000:]

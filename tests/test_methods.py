@@ -9,7 +9,7 @@ import pytest
 
 from job import config as C
 from job import rundir
-from tests.conftest import run_job
+from tests.conftest import run_job_here
 
 VARIANTS = {
     "lora": ["method=lora"],
@@ -24,7 +24,7 @@ def method_runs(tmp_path_factory):
     parent = tmp_path_factory.mktemp("methods")
     runs = {}
     for name, overrides in VARIANTS.items():
-        proc = run_job(
+        proc = run_job_here(
             "train",
             "--config",
             "test",
@@ -88,7 +88,7 @@ def test_t5_trains_in_4bit_as_seq2seq(method_runs):
 
 
 def test_full_refuses_4bit(tmp_path):
-    proc = run_job("train", "--config", "test", "method=full", "model.load_in_4bit=true", f"output.uri={tmp_path}")
+    proc = run_job_here("train", "--config", "test", "method=full", "model.load_in_4bit=true", f"output.uri={tmp_path}")
     assert proc.returncode == 2 and "cannot train 4-bit weights" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -99,14 +99,14 @@ def test_predict_handles_each_layout(method_runs, name, tmp_path):
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()][:2]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": r["id"], "dialogue": r["dialogue"]}) + "\n" for r in rows))
-    proc = run_job("predict", "--run", str(run), "--input", str(src), "--output", str(tmp_path / "out.jsonl"))
+    proc = run_job_here("predict", "--run", str(run), "--input", str(src), "--output", str(tmp_path / "out.jsonl"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads(line)["summary"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert got == [r["finetuned"] for r in rows]
 
 
 def test_in_context_baselines_are_scored(trained_run, tmp_path):
-    proc = run_job(
+    proc = run_job_here(
         "train",
         "--config",
         "test",
@@ -171,7 +171,7 @@ def test_predict_cuts_t5_prompts_as_the_evaluation_did(tmp_path, monkeypatch):
     dialogues longer than data.max_length - data.max_summary_tokens, predict must cut them where the evaluation and
     training did, and so reproduce predictions.jsonl."""
     cut = ["data.max_length=64", "data.max_summary_tokens=32", "eval.num_dialogues=3", "train.max_steps=2"]
-    proc = run_job(
+    proc = run_job_here(
         "train", "--config", "test", "model.name=builtin:tiny-t5", "eval.base=false", *cut,
         f"output.uri={tmp_path}", "output.run_name=t5-cut",
     )  # fmt: skip

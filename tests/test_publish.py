@@ -23,7 +23,7 @@ from moto.server import ThreadedMotoServer
 from job import config as config_mod
 from job import destination, publish, rundir
 from job.errors import AuthError, OutputError, PublishError
-from tests.conftest import job_env, run_job
+from tests.conftest import job_env, run_job_here
 
 BUCKET = "results"
 
@@ -185,7 +185,7 @@ def aws_env(endpoint: str) -> dict[str, str]:
 
 
 def cli(*args: str, endpoint: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run_job(*args, env=job_env(**aws_env(endpoint), **(extra_env or {})), timeout=600)
+    return run_job_here(*args, env=job_env(**aws_env(endpoint), **(extra_env or {})))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from job import config as C
 from job import data
 from job.errors import DataError
-from tests.conftest import run_job
+from tests.conftest import run_job_here
 from tests.release_layout import FOLDER, release_files, render
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dialogsum"
@@ -119,9 +119,9 @@ def test_the_test_preset_end_to_end_on_the_release_layout(tmp_path):
     """Also: `job data` on the same config reports the cuts the run then reports (training, generation)."""
     short = ["data.max_length=150", "data.max_summary_tokens=30"]  # some examples and prompts are cut, not all
     args = ["--config", "test", f"data.dataset={FOLDER}", *short]
-    proc = run_job("train", *args, f"output.uri={tmp_path}", "output.run_name=r")
+    proc = run_job_here("train", *args, f"output.uri={tmp_path}", "output.run_name=r")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    report = run_job("data", *args)
+    report = run_job_here("data", *args)
     assert report.returncode == 0, report.stderr[-4000:]
     cut = json.loads((tmp_path / "r" / "metrics.json").read_text())["train"]["truncated_examples"]
     assert 0 < cut < 96

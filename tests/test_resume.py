@@ -18,7 +18,7 @@ import pytest
 
 from job import rundir, training
 from job.faults import ENV as FAULTS
-from tests.conftest import job_env, run_job
+from tests.conftest import job_env, run_job, run_job_here
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,10 @@ class Run:
 
 def train(parent: Path, name: str, *overrides: str, fault: str | None = None) -> Run:
     args = ["train", "--config", "test", f"output.uri={parent}", f"output.run_name={name}", *STEPS, *BRIEF_EVAL]
-    proc = run_job(*args, *overrides, env=job_env(**({FAULTS: fault} if fault else {})))
+    if fault:  # the job signals its own process
+        proc = run_job(*args, *overrides, env=job_env(**{FAULTS: fault}))
+    else:
+        proc = run_job_here(*args, *overrides)
     return Run(parent / name, proc.returncode, proc.stderr)
 
 
