@@ -176,18 +176,14 @@ def _unit(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The order the units start in: the slow ones first, then the container tests (by then the image, whose build
-    starts with the run, is more likely ready), then the rest, which fill in at the end so that both workers finish
-    together. Within a unit the order is the file's. Every worker sorts the same way, as xdist requires."""
+    """The order the units start in: the slow ones first, then the slow and the other container tests (by then the
+    image, whose build starts with the run, is more likely ready), then the rest, which fill in at the end so that
+    both workers finish together. Within a unit the order is the file's. Every worker sorts the same way, as xdist requires."""
     rank = {}
     for item in items:
+        slow, container = item.get_closest_marker("slow"), item.get_closest_marker("container")
         unit = _unit(item.nodeid)
-        if item.get_closest_marker("slow") and not item.get_closest_marker("container"):
-            rank[unit] = 0
-        elif item.get_closest_marker("container"):
-            rank.setdefault(unit, 1)
-        else:
-            rank.setdefault(unit, 2)
+        rank[unit] = min(rank.get(unit, 3), 2 if container and not slow else 1 if container else 0 if slow else 3)
     items.sort(key=lambda item: rank[_unit(item.nodeid)])  # stable: collection order within a rank
 
 
@@ -209,12 +205,17 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 @pytest.fixture(autouse=True)
-def _no_job_log_handler_left_behind():
-    """A test that runs the job in-process leaves the job's log handler on the root logger, at INFO: the next test's
-    captured stderr would then hold other libraries' INFO lines. Taken off after each test."""
+def _nothing_left_behind_for_the_next_test():
+    """What one test leaves in the worker, put back after it: the job's log handler on the root logger, at INFO (the
+    next test's captured stderr would hold other libraries' INFO lines), and boto3's default session (it keeps the
+    credentials it resolved first, which a test of missing credentials would then find)."""
     root = logging.getLogger()
     level = root.level
+    boto3 = sys.modules.get("boto3")
+    session = boto3.DEFAULT_SESSION if boto3 else None
     yield
+    if boto3 := sys.modules.get("boto3"):
+        boto3.DEFAULT_SESSION = session
     for handler in [h for h in root.handlers if getattr(h, "_job_handler", False)]:
         root.removeHandler(handler)
     root.setLevel(level)

@@ -117,6 +117,7 @@ def test_push_without_aws_credentials_says_how_to_fix(fake_engine, monkeypatch, 
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # forget credentials an earlier test's session resolved
     assert image.main(["push", "--engine", "docker", "--region", REGION]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ECR: Unable to locate credentials") and "aws sts get-caller-identity" in err

@@ -18,8 +18,7 @@ import httpx
 import pytest
 
 from job import runtime, serve
-from tests.conftest import REPO, job_env
-from tests.test_bad_inputs import run_in_process
+from tests.conftest import REPO, job_env, run_job_here
 
 TRAIN_SPLIT = REPO / "job" / "builtin" / "train.jsonl"
 
@@ -90,8 +89,8 @@ def test_64_concurrent_requests_get_job_predicts_summaries(live, trained_run, tm
     assert len(dialogues) == 64
     source = tmp_path / "dialogues.jsonl"
     source.write_text("".join(json.dumps({"id": str(k), "dialogue": d}) + "\n" for k, d in enumerate(dialogues)))
-    done = run_in_process(
-        [
+    done = run_job_here(
+        *[
             "predict",
             "--run",
             str(trained_run.dir),
@@ -102,7 +101,7 @@ def test_64_concurrent_requests_get_job_predicts_summaries(live, trained_run, tm
             "--max-new-tokens",
             "8",
         ],  # fmt: skip
-        job_env(),
+        env=job_env(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     expected = [json.loads(line)["summary"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -271,7 +270,7 @@ def test_refuses_an_incomplete_run_or_one_without_weights(trained_run, tmp_path,
     unfinished = tmp_path / "unfinished"
     shutil.copytree(trained_run.dir, unfinished, ignore=shutil.ignore_patterns("tensorboard", "base_model"))
     (unfinished / "manifest.json").unlink()
-    done = run_in_process(["serve", "--run", str(unfinished)], job_env())
+    done = run_job_here(*["serve", "--run", str(unfinished)], env=job_env())
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"error (config): --run {unfinished} has no manifest.json: the run did not finish (or its upload did not); "
@@ -279,18 +278,18 @@ def test_refuses_an_incomplete_run_or_one_without_weights(trained_run, tmp_path,
     )
     empty = tmp_path / "empty"
     shutil.copytree(trained_run.dir, empty, ignore=shutil.ignore_patterns("tensorboard", "base_model", "adapter"))
-    done = run_in_process(["serve", "--run", str(empty)], job_env())
+    done = run_job_here(*["serve", "--run", str(empty)], env=job_env())
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"error (config): --run {empty} holds neither an adapter (adapter/) nor a model (model/): nothing to serve; "
         "pass the folder of a finished run"
     )
-    done = run_in_process(["serve", "--run", str(trained_run.dir), "--merged"], job_env())
+    done = run_job_here(*["serve", "--run", str(trained_run.dir), "--merged"], env=job_env())
     assert done.returncode == 2 and "--merged: " in done.stderr and "has no merged model" in done.stderr
     monkeypatch.setattr(
         runtime, "OPT_ML", tmp_path / "opt_ml"
     )  # SM_MODEL_DIR says SageMaker: its failure file goes here
-    done = run_in_process(["serve"], {**job_env(), "SM_MODEL_DIR": str(tmp_path / "nothing")})
+    done = run_job_here(*["serve"], env={**job_env(), "SM_MODEL_DIR": str(tmp_path / "nothing")})
     assert (tmp_path / "opt_ml" / "output" / "failure").is_file()
     assert done.returncode == 2 and f"no --run given and {tmp_path / 'nothing'}" in done.stderr
 
@@ -299,7 +298,7 @@ def test_a_port_in_use_is_one_line(trained_run):
     taken = serve.bind("127.0.0.1", 0)
     try:
         port = taken.getsockname()[1]
-        done = run_in_process(["serve", "--run", str(trained_run.dir), "--port", str(port)], job_env())
+        done = run_job_here(*["serve", "--run", str(trained_run.dir), "--port", str(port)], env=job_env())
     finally:
         taken.close()
     assert done.returncode == 6

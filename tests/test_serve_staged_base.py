@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from job import runtime, serve
-from tests.conftest import REPO, job_env
-from tests.test_bad_inputs import run_in_process
+from tests.conftest import REPO, job_env, run_job_here
 
 HUB_ID = "meta-llama/Llama-3.2-3B-Instruct"
 """What the run's config names: a gated Hub model no test can download."""
@@ -52,7 +51,7 @@ def test_the_server_loads_the_base_from_base_model_dir_with_no_token(hub_run, mo
 
 def test_a_base_model_dir_without_a_model_is_one_line(hub_run, tmp_path) -> None:
     run, _ = hub_run
-    done = run_in_process(["serve", "--run", str(run)], job_env(**{runtime.BASE_MODEL_ENV: str(tmp_path)}))
+    done = run_job_here(*["serve", "--run", str(run)], env=job_env(**{runtime.BASE_MODEL_ENV: str(tmp_path)}))
     assert done.returncode == 2
     line = done.stderr.strip().splitlines()[-1]
     assert line == (

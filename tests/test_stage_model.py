@@ -24,8 +24,8 @@ from launch import service_model
 from launch.errors import LaunchError
 from launch.sagemaker import cli as sm_cli
 from launch.sagemaker import stage
-from tests.conftest import job_env
-from tests.test_bad_inputs import QUICK_TRAIN, run_in_process
+from tests.conftest import job_env, run_job_here
+from tests.test_bad_inputs import QUICK_TRAIN
 
 MODEL_ID = "owner/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -181,10 +181,10 @@ def test_staged_once_then_the_job_trains_from_the_channel_without_a_token(env, h
     channel.mkdir(parents=True)
     for name in listing:
         env.download_file(BUCKET, prefix + name, str(channel / name))
-    run = run_in_process(
-        ["train", "--config", "test", f"output.uri={tmp_path / 'runs'}", "output.run_name=staged",
+    run = run_job_here(
+        *["train", "--config", "test", f"output.uri={tmp_path / 'runs'}", "output.run_name=staged",
          "model.name=channel:model", *QUICK_TRAIN],
-        job_env(SM_CHANNEL_MODEL=str(channel)),
+        env=job_env(SM_CHANNEL_MODEL=str(channel)),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert "HF_TOKEN" not in job_env() and "Hugging Face token: none found" in run.stderr

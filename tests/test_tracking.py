@@ -1,7 +1,7 @@
 """MLflow tracking against a real MLflow server on 127.0.0.1 (sqlite backend, artifacts in a temp folder), started
 once for the module: a tracked `test` run read back through MLflow's client (params, metric history, the figures of
 metrics.json, the artifacts), a resumed run continuing the same MLflow run, and the server going away mid-run
-(training goes on, the run folder is complete, a warning says so). The job runs in-process (`run_in_process`):
+(training goes on, the run folder is complete, a warning says so). The job runs in-process (`run_job_here`):
 nothing here depends on signals or a process of its own."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from moto import mock_aws
 from job import config as config_mod
 from job import logs, tracking
 from job.errors import Interrupted
-from tests.conftest import SCORE_KEYS, job_env
-from tests.test_bad_inputs import QUICK_TRAIN, run_in_process
+from tests.conftest import SCORE_KEYS, job_env, run_job_here
+from tests.test_bad_inputs import QUICK_TRAIN
 
 mlflow = pytest.importorskip("mlflow", reason="the full mlflow package (the dev extra) runs the tracking server")
 from mlflow import MlflowClient  # noqa: E402
@@ -131,8 +131,8 @@ def step_lines(stdout: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_a_run_is_tracked_with_its_params_metrics_and_artifacts(server, tmp_path):
-    proc = run_in_process(
-        [
+    proc = run_job_here(
+        *[
             "train",
             "--config",
             "test",
@@ -140,7 +140,7 @@ def test_a_run_is_tracked_with_its_params_metrics_and_artifacts(server, tmp_path
             "output.run_name=tracked",
             f"output.mlflow={server.uri}",
         ],
-        job_env(),
+        env=job_env(),
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = tmp_path / "tracked"
@@ -256,12 +256,12 @@ def test_the_server_going_away_mid_run_never_stalls_training(server, tmp_path):
 
     logs.add_metrics_sink(stop_at_first_step)
     try:
-        proc = run_in_process(
-            [
+        proc = run_job_here(
+            *[
                 *("train", "--config", "test", f"output.uri={tmp_path}", "output.run_name=down"),
                 *(f"output.mlflow={server.uri}", *QUICK_TRAIN),
             ],
-            job_env(),
+            env=job_env(),
         )
     finally:
         logs.remove_metrics_sink(stop_at_first_step)

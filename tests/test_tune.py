@@ -78,14 +78,14 @@ def start_trial(opt_ml: Path, name: str, hyperparameters: dict[str, str]) -> Tri
     hyperparameters.json and TRAINING_JOB_NAME, /opt/ml moved into the test's folder. In-process (no signal or PID 1
     behaviour is looked at here)."""
     from job import runtime
-    from tests.test_bad_inputs import run_in_process
+    from tests.conftest import run_job_here
 
     config_dir = opt_ml / "input" / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "OPT_ML", opt_ml)
-        proc = run_in_process(["train"], job_env(TRAINING_JOB_NAME=name))
+        proc = run_job_here(*["train"], env=job_env(TRAINING_JOB_NAME=name))
     return Trial(opt_ml, name, proc)
 
 
