@@ -69,18 +69,22 @@ def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     """`python -m job ARGS` as `job.cli.main(ARGS)` in this process, as TRL's test_cli does: the same command line,
     environment (exactly `env`, default `job_env()`) and working folder (REPO), stdout and stderr captured, without
     an interpreter start and the torch import (~7 s of each job process on two cores). For the runs whose point is
-    not the process itself: signals, PID 1, torchrun and huggingface_hub's settings read at import (HF_ENDPOINT)
-    need `run_job`.
+    not the process itself: signals, PID 1 and torchrun need `run_job`. huggingface_hub reads its settings
+    (HF_ENDPOINT, HF_HUB_OFFLINE, HF_HOME and the token file under it) when it is imported: its `constants` module is
+    read again under the run's environment, so a run against a stand-in Hub sees the same settings as in a new
+    process.
 
     Everything a run leaves in the process is put back afterwards: the environment (the job exports HF_TOKEN),
-    registered secrets, signal handlers, the log handler, the watchdog, the working folder, and boto3's default
-    session (it keeps the credentials it resolved first)."""
+    huggingface_hub's settings, registered secrets, signal handlers, the log handler, the watchdog, the working
+    folder, and boto3's default session (it keeps the credentials it resolved first)."""
     import contextlib
+    import importlib
     import io
     import signal
     import traceback
 
     import boto3
+    from huggingface_hub import constants as hub_settings
 
     from job import cli, logs, watchdog
 
@@ -92,6 +96,7 @@ def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     out, err = io.StringIO(), io.StringIO()
     os.environ.clear()
     os.environ.update(env)
+    importlib.reload(hub_settings)
     os.chdir(REPO)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -109,6 +114,7 @@ def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
             root.removeHandler(handler)  # bound to this run's stderr
         os.environ.clear()
         os.environ.update(saved_env)
+        importlib.reload(hub_settings)
         os.chdir(saved_cwd)
         boto3.DEFAULT_SESSION = saved_boto
         for sig, handler in saved_signals.items():
@@ -202,6 +208,35 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False
     return ByUnit(config, log)
+
+
+class _UniquePaths(list):
+    """A loader's search paths, to which boto3 appends its own data folder once per session: kept once."""
+
+    def append(self, path: str) -> None:
+        if path not in self:
+            super().append(path)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _botocore_reads_its_data_once():
+    """botocore parses its JSON data (service models, endpoints) once per session object, and the launcher, the
+    SageMaker SDK and moto each make sessions for every command: in one test process the same files were parsed
+    hundreds of times, a third of test_sagemaker_checks' time. Every session of the worker gets one loader, as the
+    sessions of one long-lived process would share one: the same files, each parsed once."""
+    import botocore.loaders
+    import botocore.session
+
+    loader = botocore.loaders.create_loader()
+    loader._search_paths = _UniquePaths(loader.search_paths)
+
+    def register(session: botocore.session.Session) -> None:
+        session._components.register_component("data_loader", loader)
+
+    original = botocore.session.Session._register_data_loader
+    botocore.session.Session._register_data_loader = register
+    yield
+    botocore.session.Session._register_data_loader = original
 
 
 @pytest.fixture(autouse=True)

@@ -645,8 +645,6 @@ def fresh_process_needed(attempt: Attempt) -> str | None:
     """Why a case must run in a new interpreter, or None when `job.cli.main` can run it in this one."""
     if attempt.bound_by_permissions:
         return "it drops root's capabilities, which only a new process can do"
-    if "HF_ENDPOINT" in attempt.env:
-        return "huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE once, when it is imported"
     if "sigterm" in attempt.env.get(FAULTS, ""):
         return "the job signals its own process"
     if "stall" in attempt.env.get(FAULTS, ""):
