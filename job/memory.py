@@ -115,7 +115,12 @@ def architecture(model_name: str) -> dict[str, Any]:
 
     folder = runtime.channel_path(model_name) or Path(model_name)
     if (folder / "config.json").is_file():
-        return from_hf_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        try:
+            return from_hf_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        except KeyError as e:
+            raise UnknownArchitecture(
+                f"{folder / 'config.json'} has no {e.args[0]!r}: only Llama-style decoders and T5 have architecture numbers"
+            ) from None
     if model_name in ARCHITECTURES:
         return ARCHITECTURES[model_name]
     base = _VARIANT_SUFFIX.sub("", model_name)

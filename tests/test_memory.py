@@ -54,6 +54,12 @@ def test_instruct_variants_and_local_folders_resolve(tmp_path: Path) -> None:
         memory.architecture("someone/unheard-of-model")
 
 
+def test_a_local_folder_of_another_architecture_is_unknown_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768, "n_head": 12}))
+    with pytest.raises(memory.UnknownArchitecture, match="has no 'num_attention_heads'"):
+        memory.architecture(str(tmp_path))
+
+
 def test_t5_config_json_is_read(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(
         json.dumps(
