@@ -58,7 +58,8 @@ def read_dialogues(path: Path, column: str) -> list[dict]:
             raise DataError(f"--input {path}, line {n}: not JSON ({e.msg})") from None
         text = row.get(column, row.get("dialogue")) if isinstance(row, dict) else None
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"--input {path}, line {n}: no {column!r} (or 'dialogue') text")
+            either = f"{column!r} (or 'dialogue')" if column != "dialogue" else "'dialogue'"
+            raise DataError(f"--input {path}, line {n}: no {either} text")
         rows.append({"id": str(row.get("id", n)), "dialogue": text.strip()})
     if not rows:
         raise DataError(f"--input {path} holds no dialogues")
