@@ -155,6 +155,8 @@ REFUSED = {
     "network isolation with a hub data set": ["--network-isolation", "--image", IMAGE, "data.dataset=knkarthick/dialogsum"],
     "network isolation with a token secret": ["--network-isolation", "--image", IMAGE, "--hf-token-secret", "team/hf"],
     "network isolation with an S3 output.uri": ["--network-isolation", "--image", IMAGE, "output.uri=s3://b/runs"],
+    "network isolation with MLflow tracking": [
+        "--network-isolation", "--image", IMAGE, "--mlflow", "https://mlflow.example.com"],
     "a volume key on an NVMe instance": ["--volume-kms-key", KEY_ARN],
     "a budget below the worst case": ["--budget", "1"],
     "subnets without security groups": ["--subnets", "subnet-0abc1234"],

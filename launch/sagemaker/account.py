@@ -134,7 +134,12 @@ def secret_problem(what: str = "job") -> str:
 
 
 def isolation_problems(
-    acct: Account, cfg: config_mod.Config, image: str, secret: str | None, model_s3: str | None = None
+    acct: Account,
+    cfg: config_mod.Config,
+    image: str,
+    secret: str | None,
+    model_s3: str | None = None,
+    tracking: str | None = None,
 ) -> list[str]:
     """Network isolation leaves the job no internet, no AWS endpoint and no credentials: everything it reads must be
     a channel, and it can publish only through SageMaker's own model output."""
@@ -161,6 +166,11 @@ def isolation_problems(
         )
     if secret:
         problems.append(secret_problem())
+    if tracking:
+        problems.append(
+            f"{why} to reach the MLflow tracking server (--mlflow {tracking}); drop --mlflow (the run's metrics come "
+            "back in its run folder), or launch without --network-isolation"
+        )
     if cfg.output.uri.startswith(("s3://", "hf://")):
         problems.append(
             f"{why} to publish to output.uri={cfg.output.uri}; leave output.uri unset: the run folder then comes "
@@ -219,9 +229,10 @@ def problems(
     image: str,
     secret: str | None,
     model_s3: str | None = None,
+    tracking: str | None = None,
 ) -> list[str]:
     """Every option and combination of options that cannot work, one line each, found without AWS."""
-    return option_problems(acct, instance_type) + isolation_problems(acct, cfg, image, secret, model_s3)
+    return option_problems(acct, instance_type) + isolation_problems(acct, cfg, image, secret, model_s3, tracking)
 
 
 def notes(acct: Account, instance_type: str, output: bool = True) -> list[str]:

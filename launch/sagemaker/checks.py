@@ -198,7 +198,13 @@ def check(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[list[str], 
     gpu_problems, gpu_warnings = _gpu_checks(args, cfg)
     config_problems, config_warnings = _config_notes(args, cfg)
     account_problems = account.problems(
-        account.from_args(args), cfg, args.instance, args.image, uses_secret(args), getattr(args, "model_s3", None)
+        account.from_args(args),
+        cfg,
+        args.instance,
+        args.image,
+        uses_secret(args),
+        getattr(args, "model_s3", None),
+        launch_tracking.uri_of(args),
     )
     problems = gpu_problems + _option_problems(args) + config_problems + account_problems
     if not gpu_problems:  # an unknown instance has no price
