@@ -66,7 +66,16 @@ def run_job(
 
 
 def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m job ARGS` as `job.cli.main(ARGS)` in this process, as TRL's test_cli does: the same command line,
+    """`python -m job ARGS` as `job.cli.main(ARGS)` in this process: `run_here`."""
+    from job import cli
+
+    return run_here("job", cli.main, *args, env=env)
+
+
+def run_here(
+    module: str, main: Callable[[list[str]], int], *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` as `main(ARGS)` in this process, as TRL's test_cli does: the same command line,
     environment (exactly `env`, default `job_env()`) and working folder (REPO), stdout and stderr captured, without
     an interpreter start and the torch import (~7 s of each job process on two cores). For the runs whose point is
     not the process itself: signals, PID 1 and torchrun need `run_job`. huggingface_hub reads its settings
@@ -75,8 +84,7 @@ def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     process.
 
     Everything a run leaves in the process is put back afterwards: the environment (the job exports HF_TOKEN),
-    huggingface_hub's settings, registered secrets, signal handlers, the log handler, the watchdog, the working
-    folder, and boto3's default session (it keeps the credentials it resolved first)."""
+    huggingface_hub's settings, registered secrets, signal handlers, log handlers, the watchdog, the working folder, and boto3's default session (it keeps the credentials it resolved first)."""
     import contextlib
     import importlib
     import io
@@ -86,13 +94,15 @@ def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     import boto3
     from huggingface_hub import constants as hub_settings
 
-    from job import cli, logs, watchdog
+    from job import logs, watchdog
 
     env = env or job_env()
     saved_env, saved_cwd, saved_boto = dict(os.environ), os.getcwd(), boto3.DEFAULT_SESSION
     boto3.DEFAULT_SESSION = None
     saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     saved_secrets = set(logs._SECRETS)
+    root = logging.getLogger()
+    saved_handlers = list(root.handlers)
     out, err = io.StringIO(), io.StringIO()
     os.environ.clear()
     os.environ.update(env)
@@ -101,7 +111,7 @@ def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = cli.main(list(args))
+                code = main(list(args))
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except Exception:
@@ -109,9 +119,8 @@ def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
                 code = 1
     finally:
         watchdog.stop()
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if getattr(h, "_job_handler", False)]:
-            root.removeHandler(handler)  # bound to this run's stderr
+        for handler in [h for h in root.handlers if h not in saved_handlers]:
+            root.removeHandler(handler)  # the job's (or logging.basicConfig's), bound to this run's stderr
         os.environ.clear()
         os.environ.update(saved_env)
         importlib.reload(hub_settings)
@@ -121,7 +130,7 @@ def run_job_here(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
             signal.signal(sig, handler)
         logs._SECRETS.clear()
         logs._SECRETS.update(saved_secrets)
-    return subprocess.CompletedProcess(["python", "-m", "job", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["python", "-m", module, *args], code, out.getvalue(), err.getvalue())
 
 
 @dataclass

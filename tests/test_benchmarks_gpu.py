@@ -6,26 +6,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
 
+from benchmarks import __main__ as benchmarks_cli
 from benchmarks import gpu
-from tests.conftest import REPO, job_env
+from tests.conftest import run_here
 
 CUDA_ONLY = {"train_fp16", "fsdp"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks", "gpu", "--tiny", *args],
-        capture_output=True,
-        text=True,
-        env=job_env(),
-        cwd=REPO,
-        timeout=900,
-    )
+    """`python -m benchmarks gpu --tiny ARGS` through its `main` in this process: its stages start no process."""
+    return run_here("benchmarks", benchmarks_cli.main, "gpu", "--tiny", *args)
 
 
 @pytest.mark.slow
