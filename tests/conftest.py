@@ -1,4 +1,5 @@
-"""Shared fixtures: one finished `test`-preset run per session, built through the real CLI in a subprocess."""
+"""Shared fixtures and helpers: the job's command line in a subprocess (`run_job`) or through its `main` in this process
+(`run_job_here`), one finished `test`-preset run shared by every worker, and the order xdist hands the files out in."""
 
 from __future__ import annotations
 
