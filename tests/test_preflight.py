@@ -157,8 +157,12 @@ def moto_with_iam() -> Iterator[S3Server]:
     )
     admin = _user(iam, url, "admin", ["s3:*"])
     writer = _user(iam, url, "writer", ["s3:*"])
-    # moto names HeadBucket's action s3:HeadBucket; AWS checks s3:ListBucket for it. Grant both.
-    reader = _user(iam, url, "reader", ["s3:ListBucket", "s3:HeadBucket", "s3:GetObject"])
+    # AWS checks s3:ListBucket for HeadBucket and ListObjectsV2 and s3:GetObject for HeadObject; moto names the action
+    # after the operation instead (s3:HeadBucket always, s3:HeadObject and s3:ListObjectsV2 from moto 5.2.6 on).
+    # Granted under both names, the reader may read and list and still not write under either.
+    reader = _user(
+        iam, url, "reader", ["s3:ListBucket", "s3:GetObject", "s3:HeadBucket", "s3:HeadObject", "s3:ListObjectsV2"]
+    )
     stand = S3Server(url, admin, writer, reader)
     stand.client(admin).create_bucket(Bucket=BUCKET)
     # From here on moto authorises every request against the IAM policies above (moto's settings are per process).
