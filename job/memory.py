@@ -119,7 +119,8 @@ def architecture(model_name: str) -> dict[str, Any]:
             return from_hf_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
         except KeyError as e:
             raise UnknownArchitecture(
-                f"{folder / 'config.json'} has no {e.args[0]!r}: only Llama-style decoders and T5 have architecture numbers"
+                f"{folder / 'config.json'} has no {e.args[0]!r}: "
+                "only Llama-style decoders and T5 have architecture numbers"
             ) from None
     if model_name in ARCHITECTURES:
         return ARCHITECTURES[model_name]

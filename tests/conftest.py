@@ -85,7 +85,8 @@ def run_here(
     process.
 
     Everything a run leaves in the process is put back afterwards: the environment (the job exports HF_TOKEN),
-    huggingface_hub's settings, registered secrets, signal handlers, log handlers, the watchdog, the working folder, and boto3's default session (it keeps the credentials it resolved first)."""
+    huggingface_hub's settings, registered secrets, signal handlers, log handlers, the watchdog, the working folder,
+    and boto3's default session (it keeps the credentials it resolved first)."""
     import contextlib
     import importlib
     import io
@@ -194,7 +195,8 @@ def _unit(nodeid: str) -> str:
 def pytest_collection_modifyitems(config, items) -> None:
     """The order the units start in: the slow ones first, then the slow and the other container tests (by then the
     image, whose build starts with the run, is more likely ready), then the rest, which fill in at the end so that
-    both workers finish together. Within a unit the order is the file's. Every worker sorts the same way, as xdist requires."""
+    both workers finish together. Within a unit the order is the file's. Every worker sorts the same way, as xdist
+    requires."""
     rank = {}
     for item in items:
         slow, container = item.get_closest_marker("slow"), item.get_closest_marker("container")
